@@ -1,0 +1,223 @@
+"""Residual maps R(h) of weakly coupled residual RNNs.
+
+The residual fixes the memory of a WCRNN: for a linear residual and small coupling γ the
+Lyapunov exponents of h_t = R(h_{t-1}) + γ·σ(W h_{t-1} + U x_t + b) are log|eig(R)|.
+
+    none           R(h) = 0
+    homogeneous    R(h) = r·h                                  all exponents log r
+    rotational     R(h) = blockdiag(r·Rot(φ_k)) h, φ_k = φ0 (+ spread)   exponents log r (in pairs)
+    heterogeneous  R(h) = diag(r_i) h, or blockdiag(r_k·Rot(φ_k)) h when angles are given
+    nonlinear      R(h) = r·tanh(h)                            Jacobian r·diag(1 − tanh²(h))
+
+Units (2k, 2k+1) form the k-th rotation pair: as a complex number z_k = h_2k + i·h_2k+1 the
+rotational residual is z_k ↦ r_k·e^{iφ_k}·z_k, which is element-wise and cheap.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Sequence
+
+import torch
+from torch import nn
+
+ResidualKind = Literal["none", "homogeneous", "rotational", "heterogeneous", "nonlinear"]
+RESIDUAL_KINDS: tuple[str, ...] = ("none", "homogeneous", "rotational", "heterogeneous", "nonlinear")
+CHARACTERISTIC_FREQUENCY_SMNIST = 2 * math.pi / 28  # one image row per cycle, rad/step
+
+
+def check_residual_arguments(
+    hidden_size: int,
+    residual: str,
+    r: float | None = None,
+    phi0: float | None = None,
+    phi_spread: float = 0.0,
+    r_range: Sequence[float] | None = None,
+    phi_range: Sequence[float] | None = None,
+) -> None:
+    """Raise ValueError naming the offending field for every invalid combination."""
+    if residual not in RESIDUAL_KINDS:
+        raise ValueError(f"residual={residual!r} is unknown: use one of {', '.join(RESIDUAL_KINDS)}")
+    if hidden_size < 1:
+        raise ValueError(f"hidden_size={hidden_size} must be a positive integer")
+    if r is not None and not r > 0:
+        raise ValueError(f"r={r} must be > 0 (the residual magnitude; 1.0 is the edge of chaos)")
+    uses_r = residual in ("homogeneous", "rotational", "nonlinear")
+    if r is not None and not uses_r:
+        hint = "set r_range instead" if residual == "heterogeneous" else "remove r"
+        raise ValueError(f"r is not used by residual={residual}: {hint}")
+    uses_phi0 = residual == "rotational"
+    if phi0 is not None and not uses_phi0:
+        raise ValueError(f"phi0 is only used by residual=rotational, not {residual}: remove phi0")
+    if phi_spread and residual != "rotational":
+        raise ValueError(f"phi_spread is only used by residual=rotational, not {residual}")
+    if phi_spread < 0:
+        raise ValueError(f"phi_spread={phi_spread} must be >= 0")
+    if (r_range is not None or phi_range is not None) and residual != "heterogeneous":
+        raise ValueError(f"r_range/phi_range are only used by residual=heterogeneous, not {residual}")
+    if residual == "heterogeneous":
+        if r_range is None:
+            raise ValueError("r_range is required for residual=heterogeneous, e.g. r_range: [0.9, 1.0]")
+        low, high = _as_range("r_range", r_range)
+        if not 0 < low <= high:
+            raise ValueError(f"r_range={list(r_range)} needs 0 < low <= high")
+        if phi_range is not None:
+            _as_range("phi_range", phi_range)
+    needs_pairs = residual == "rotational" or (residual == "heterogeneous" and phi_range is not None)
+    if needs_pairs and hidden_size % 2:
+        raise ValueError(
+            f"hidden_size={hidden_size} must be even for residual={residual} with angles "
+            "(units rotate in pairs): use an even hidden_size"
+        )
+
+
+def _as_range(field: str, values: Sequence[float]) -> tuple[float, float]:
+    if len(values) != 2:
+        raise ValueError(f"{field} must be [low, high], got {list(values)}")
+    low, high = float(values[0]), float(values[1])
+    if not (math.isfinite(low) and math.isfinite(high)) or low > high:
+        raise ValueError(f"{field}={list(values)} must be two finite numbers with low <= high")
+    return low, high
+
+
+class Residual(nn.Module):
+    """Base class. `jacobian_product(h, Q)` returns (dR/dh at h) @ Q for Q of shape (B, N, k)."""
+
+    is_linear = True
+
+    def jacobian_product(self, h: torch.Tensor, tangents: torch.Tensor) -> torch.Tensor:
+        # For a linear residual the Jacobian is R itself: apply R to every tangent column.
+        return self(tangents.transpose(1, 2)).transpose(1, 2)
+
+    def matrix(self) -> torch.Tensor:
+        """Dense N×N matrix of a linear residual (for initialising Elman RNNs and theory)."""
+        return self(torch.eye(self.hidden_size, device=self._device())).T
+
+    def eigenvalues(self) -> torch.Tensor:
+        return torch.linalg.eigvals(self.matrix().double().cpu())
+
+    def predicted_exponents(self) -> list[float] | None:
+        """Sorted log|eig(R)|, the γ → 0 limit of the Lyapunov spectrum; None if R is nonlinear."""
+        if not self.is_linear:
+            return None
+        moduli = self.eigenvalues().abs().clamp_min(1e-300)
+        return sorted(torch.log(moduli).tolist(), reverse=True)
+
+    def _device(self):
+        return next((t.device for t in self.buffers()), None) or next(
+            (p.device for p in self.parameters()), torch.device("cpu"))
+
+
+class NoResidual(Residual):
+    """R(h) = 0: the WCRNN reduces to a γ-scaled Elman network."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.register_buffer("_anchor", torch.zeros(()))  # carries device for matrix()
+
+    def forward(self, h):
+        return torch.zeros_like(h)
+
+
+class DiagonalResidual(Residual):
+    """R(h) = diag(r_i)·h: homogeneous (all r_i = r) or heterogeneous magnitudes."""
+
+    def __init__(self, magnitudes: torch.Tensor, trainable: bool = False):
+        super().__init__()
+        self.hidden_size = magnitudes.numel()
+        magnitudes = magnitudes.float().clone()
+        if trainable:
+            self.magnitude = nn.Parameter(magnitudes)  # r_i, one per unit
+        else:
+            self.register_buffer("magnitude", magnitudes)
+
+    def forward(self, h):
+        return h * self.magnitude
+
+
+class RotationalResidual(Residual):
+    """R = blockdiag(r_k·Rot(φ_k)) over unit pairs (2k, 2k+1); eigenvalues r_k·e^{±iφ_k}."""
+
+    def __init__(self, magnitudes: torch.Tensor, angles: torch.Tensor, trainable: bool = False):
+        super().__init__()
+        self.hidden_size = 2 * magnitudes.numel()
+        magnitudes, angles = magnitudes.float().clone(), angles.float().clone()
+        if trainable:
+            self.magnitude = nn.Parameter(magnitudes)  # r_k, one per pair
+            self.angle = nn.Parameter(angles)  # φ_k in rad/step, one per pair
+        else:
+            self.register_buffer("magnitude", magnitudes)
+            self.register_buffer("angle", angles)
+
+    def forward(self, h):
+        pairs = h.unflatten(-1, (-1, 2))
+        cos = self.magnitude * torch.cos(self.angle)
+        sin = self.magnitude * torch.sin(self.angle)
+        first, second = pairs[..., 0], pairs[..., 1]
+        return torch.stack((cos * first - sin * second, sin * first + cos * second), dim=-1).flatten(-2)
+
+
+class TanhResidual(Residual):
+    """R(h) = r·tanh(h): near h = 0 it is the homogeneous residual r·h; for large activity it
+    saturates, so the Jacobian r·diag(1 − tanh²(h)) varies along the trajectory and strong
+    states are forgotten faster than weak ones."""
+
+    is_linear = False
+
+    def __init__(self, hidden_size: int, r: float, trainable: bool = False):
+        super().__init__()
+        self.hidden_size = hidden_size
+        magnitude = torch.tensor(float(r))
+        if trainable:
+            self.magnitude = nn.Parameter(magnitude)  # r, the slope at h = 0
+        else:
+            self.register_buffer("magnitude", magnitude)
+
+    def forward(self, h):
+        return self.magnitude * torch.tanh(h)
+
+    def jacobian_product(self, h, tangents):
+        slope = self.magnitude * (1 - torch.tanh(h) ** 2)
+        return slope.unsqueeze(-1) * tangents
+
+
+def build_residual(
+    hidden_size: int,
+    residual: str = "homogeneous",
+    r: float | None = None,
+    phi0: float | None = None,
+    phi_spread: float = 0.0,
+    r_range: Sequence[float] | None = None,
+    phi_range: Sequence[float] | None = None,
+    distribution: Literal["uniform", "linspace"] = "uniform",
+    trainable: bool = False,
+    generator: torch.Generator | None = None,
+) -> Residual:
+    """Build a residual from its description; random draws come from `generator`."""
+    check_residual_arguments(hidden_size, residual, r, phi0, phi_spread, r_range, phi_range)
+    r = 1.0 if r is None else float(r)
+    if residual == "none":
+        return NoResidual(hidden_size)
+    if residual == "homogeneous":
+        return DiagonalResidual(torch.full((hidden_size,), r), trainable)
+    if residual == "nonlinear":
+        return TanhResidual(hidden_size, r, trainable)
+    if residual == "rotational":
+        pairs = hidden_size // 2
+        phi0 = CHARACTERISTIC_FREQUENCY_SMNIST if phi0 is None else float(phi0)
+        spread = (2 * torch.rand(pairs, generator=generator) - 1) * phi_spread
+        return RotationalResidual(torch.full((pairs,), r), phi0 + spread, trainable)
+    # heterogeneous: magnitudes (and angles, if given) spread over their ranges
+    count = hidden_size // 2 if phi_range is not None else hidden_size
+    magnitudes = _draw(count, r_range, distribution, generator)
+    if phi_range is None:
+        return DiagonalResidual(magnitudes, trainable)
+    return RotationalResidual(magnitudes, _draw(count, phi_range, distribution, generator), trainable)
+
+
+def _draw(count, bounds, distribution, generator) -> torch.Tensor:
+    low, high = float(bounds[0]), float(bounds[1])
+    if distribution == "linspace":
+        return torch.linspace(low, high, count)
+    return low + (high - low) * torch.rand(count, generator=generator)

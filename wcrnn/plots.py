@@ -1,0 +1,61 @@
+"""Figures where a picture says more than a number: Lyapunov spectra, power spectra, loss curves.
+
+Matplotlib with the non-interactive Agg backend, so plots work on headless workers.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _save(figure, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def plot_lyapunov_spectrum(exponents: Sequence[float], path, spread: Sequence[float] | None = None,
+                           predicted: Sequence[float] | None = None, title: str = "Lyapunov spectrum") -> Path:
+    figure, axis = plt.subplots(figsize=(6, 4))
+    index = range(1, len(exponents) + 1)
+    axis.errorbar(index, exponents, yerr=spread, fmt="o", ms=3, label="measured (QR method)")
+    if predicted is not None:
+        axis.plot(range(1, len(predicted) + 1), predicted, "-", color="C3", label="theory: log|eig(R)|")
+    axis.axhline(0, color="grey", lw=0.8, ls="--")
+    axis.set(xlabel="index i", ylabel="λ_i (per step)", title=title)
+    axis.legend()
+    return _save(figure, path)
+
+
+def plot_power_spectrum(frequencies: Sequence[float], power: Sequence[float], path,
+                        characteristic_frequency: float | None = None, title: str = "Input power spectrum") -> Path:
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.semilogy(frequencies[1:], power[1:])
+    if characteristic_frequency is not None:
+        axis.axvline(characteristic_frequency, color="C3", ls="--",
+                     label=f"peak {characteristic_frequency:.3f} rad/step (period {2 * math.pi / characteristic_frequency:.1f})")
+        axis.legend()
+    axis.set(xlabel="frequency (rad/step)", ylabel="average power", title=title)
+    return _save(figure, path)
+
+
+def plot_learning_curves(history: Sequence[dict], path, metrics: Sequence[str] = ("train_loss", "val_loss"),
+                         title: str = "Learning curves") -> Path:
+    figure, axis = plt.subplots(figsize=(6, 4))
+    epochs = [row["epoch"] for row in history]
+    for name in metrics:
+        values = [row.get(name, math.nan) for row in history]
+        axis.plot(epochs, values, marker="o", ms=3, label=name)
+    axis.set(xlabel="epoch", ylabel="value", title=title)
+    axis.legend()
+    return _save(figure, path)
