@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 ## The main job: a quick, offline demo on the embedded defaults.
 run: $(STAMP)
 	$(BIN)/wcrnn train --set task.name=smnist --set task.source=mnist5k --set task.limit_train=1024 \
-		--set model.residual=rotational --set model.hidden_size=64 --set model.gamma=0.1 \
-		--set training.epochs=3 --set training.lyapunov.at_end=true --set training.lyapunov.ons_interval=4
+		--set task.limit_eval=500 --set model.residual=rotational --set model.r=0.99 --set model.gamma=0.02 \
+		--set training.lr=0.01 --set training.batch_size=16 --set training.epochs=2 \
+		--set training.lyapunov.at_end=true --set training.lyapunov.ons_interval=4
 
 ## The whole test suite (what CI runs).
 test: $(STAMP)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 from pathlib import Path
 
 import torch
@@ -44,6 +45,19 @@ def save_checkpoint(path: str | Path, payload: dict) -> Path:
     return path
 
 
+def _first_line(error: BaseException) -> str:
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip().splitlines()
+    return lines[0].strip() if lines else type(error).__name__
+
+
+def _unpickling_reason(error: BaseException) -> str:
+    """What torch's weights-only unpickler objected to, without its advice to disable the check."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    _, marker, detail = text.partition("WeightsUnpickler error:")
+    detail = detail.strip().splitlines()[0].strip() if marker and detail.strip() else ""
+    return detail.split(". ")[0].rstrip(".") or _first_line(error)
+
+
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """Load a checkpoint file (or the checkpoint.pt inside a directory) safely."""
     path = Path(path)
@@ -54,12 +68,16 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        reason = str(error).strip().splitlines()[0]
-        raise CheckpointError(f"{path}: refused, it holds more than weights and plain data "
-                              f"(weights_only=True): {reason}") from None
+        reason = _unpickling_reason(error)
+        if "GLOBAL" in reason or "allowlisted" in reason:  # a pickled object: never built
+            raise CheckpointError(f"{path}: refused, it holds more than weights and plain data "
+                                  f"(weights_only=True): {reason}") from None
+        # e.g. "Unsupported operand 110" or "invalid load key": garbage or a foreign pickle
+        raise CheckpointError(f"{path}: unreadable checkpoint (corrupt or not a checkpoint file: "
+                              f"{reason})") from None
     except Exception as error:  # truncated or not a torch file at all
-        raise CheckpointError(f"{path}: unreadable checkpoint ({type(error).__name__}: "
-                              f"{str(error).strip().splitlines()[0] if str(error).strip() else 'corrupt'})") from None
+        raise CheckpointError(f"{path}: unreadable checkpoint (corrupt or not a checkpoint file: "
+                              f"{type(error).__name__}: {_first_line(error)})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT or "model" not in payload:
         raise CheckpointError(f"{path}: not a wcrnn checkpoint (format {CHECKPOINT_FORMAT} with a model state)")
     return payload

@@ -3,6 +3,7 @@
     wcrnn train     one training run (no Ray)
     wcrnn lyapunov  Lyapunov spectrum of a model (fresh or from a checkpoint)
     wcrnn spectrum  power spectrum and characteristic frequency of a task's inputs
+    wcrnn sweep     hyperparameter sweeps on Ray Tune + Optuna, tracked in MLflow
 
 Bad input prints one line per problem on stderr and exits 2; missing data or checkpoints exit 1.
 """
@@ -17,43 +18,15 @@ from typing import List, Optional
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 
-from .errors import CheckpointError, ConfigError, config_error
+from .console import err, print_json, run_guarded
+from .errors import ConfigError, config_error
 
 app = typer.Typer(
     help="Weakly coupled residual RNNs: training, Lyapunov spectra and memory sweeps.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
-
 SET_HELP = "Override a field, e.g. --set model.r=0.95 --set training.epochs=3 (repeatable)."
-
-
-def fail(message: str, code: int = 2):
-    for line in str(message).strip().splitlines() or ["failed"]:
-        err.print(f"[bold red]error:[/] {line}", markup=True, highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def run_guarded(action):
-    """Run `action`, turning known user errors into one-line messages and exit codes."""
-    from .tasks import DataError
-
-    try:
-        return action()
-    except ConfigError as error:
-        fail(str(error), 2)
-    except ValidationError as error:
-        fail(str(config_error(error)), 2)
-    except (DataError, CheckpointError) as error:
-        fail(str(error), 1)
-    except ValueError as error:
-        fail(str(error), 2)
-
-
-def print_json(data) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=float) + "\n")
 
 
 @app.command()
@@ -229,6 +202,14 @@ def spectrum(
 
     run_guarded(action)
 
+
+def _add_sweep_commands() -> None:
+    from .sweep.commands import app as sweep_app
+
+    app.add_typer(sweep_app, name="sweep")
+
+
+_add_sweep_commands()
 
 if __name__ == "__main__":
     app()

@@ -63,6 +63,17 @@ class RunConfig(_Strict):
     model: ModelConfig = Field(default_factory=WCRNNConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_names(cls, data):
+        # A section without `name` means the default task/model, as when the section is absent.
+        if isinstance(data, dict):
+            data = dict(data)
+            for section, default in (("task", "adding"), ("model", "wcrnn")):
+                if isinstance(data.get(section), dict) and "name" not in data[section]:
+                    data[section] = {"name": default, **data[section]}
+        return data
+
     @model_validator(mode="after")
     def _check(self):
         lyapunov = self.training.lyapunov

@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def _save(figure, path) -> Path:
+def save_figure(figure, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
@@ -34,7 +34,7 @@ def plot_lyapunov_spectrum(exponents: Sequence[float], path, spread: Sequence[fl
     axis.axhline(0, color="grey", lw=0.8, ls="--")
     axis.set(xlabel="index i", ylabel="λ_i (per step)", title=title)
     axis.legend()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_power_spectrum(frequencies: Sequence[float], power: Sequence[float], path,
@@ -46,7 +46,7 @@ def plot_power_spectrum(frequencies: Sequence[float], power: Sequence[float], pa
                      label=f"peak {characteristic_frequency:.3f} rad/step (period {2 * math.pi / characteristic_frequency:.1f})")
         axis.legend()
     axis.set(xlabel="frequency (rad/step)", ylabel="average power", title=title)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_learning_curves(history: Sequence[dict], path, metrics: Sequence[str] = ("train_loss", "val_loss"),
@@ -58,4 +58,16 @@ def plot_learning_curves(history: Sequence[dict], path, metrics: Sequence[str] =
         axis.plot(epochs, values, marker="o", ms=3, label=name)
     axis.set(xlabel="epoch", ylabel="value", title=title)
     axis.legend()
-    return _save(figure, path)
+    return save_figure(figure, path)
+
+
+def plot_curves(curves: dict[str, Sequence[tuple[float, float]]], path, ylabel: str, title: str = "") -> Path:
+    """One line per named curve of (step, value) points, e.g. each trial's validation metric per epoch."""
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for name, points in curves.items():
+        steps, values = zip(*points)
+        axis.plot(steps, values, marker="o", ms=2, lw=1, label=name if len(curves) <= 12 else None)
+    axis.set(xlabel="epoch", ylabel=ylabel, title=title)
+    if len(curves) <= 12:
+        axis.legend(fontsize=6)
+    return save_figure(figure, path)

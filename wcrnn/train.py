@@ -25,7 +25,7 @@ import torch
 from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from .config import RunConfig, validate_run_config
 from .dynamics import gradient_norms, lyapunov_spectrum
-from .models import SequenceModel, build_model
+from .models import SequenceModel, build_model, predicted_exponents
 from .tasks import Task, build_task
 
 EpochCallback = Callable[[dict, Callable[[Path], Path]], Optional[bool]]
@@ -99,8 +99,10 @@ def measure_lyapunov(model, task: Task, config: RunConfig, device) -> dict:
     warmup = min(warmup, inputs.shape[1] - 1)
     spectrum = lyapunov_spectrum(model.core, inputs, settings.num_exponents, warmup,
                                  settings.ons_interval, seed=config.training.seed)
+    predicted = predicted_exponents(model)
     return {"max_lyapunov": spectrum.max_exponent, "mean_lyapunov": spectrum.mean_exponent,
-            "lyapunov_spectrum": spectrum.exponents, "lyapunov_spread": spectrum.spread}
+            "lyapunov_spectrum": spectrum.exponents, "lyapunov_spread": spectrum.spread,
+            "lyapunov_predicted": predicted[: len(spectrum.exponents)] if predicted is not None else None}
 
 
 def train(config: RunConfig | dict, *, callback: EpochCallback | None = None,
@@ -187,11 +189,11 @@ def train_one_epoch(model, task: Task, optimizer, training, epoch: int, device) 
         loss.backward()
         norms = gradient_norms(model)
         if not math.isfinite(norms["grad_norm"]):
-            return {"epoch": epoch, "status": "diverged", "train_loss": float(loss)}
+            return {"epoch": epoch, "status": "diverged", "train_loss": float(loss.detach())}
         if training.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), training.grad_clip)
         optimizer.step()
-        loss_sum += float(loss) * len(index)
+        loss_sum += float(loss.detach()) * len(index)
         examples += len(index)
         norm_sum += norms["grad_norm"]
         recurrent_sum += norms["recurrent_grad_norm"]
