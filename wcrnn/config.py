@@ -127,6 +127,9 @@ def read_mapping(path: str | Path) -> dict:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError) as error:
         first = str(error).strip().splitlines()[0]
+        mark = getattr(error, "problem_mark", None)
+        if mark is not None:
+            first += f" at line {mark.line + 1}, column {mark.column + 1}"
         raise ConfigError(f"{path}: unreadable {'JSON' if path.suffix == '.json' else 'YAML'} ({first})") from None
     if data is None:
         data = {}

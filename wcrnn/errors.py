@@ -14,13 +14,14 @@ class CheckpointError(RuntimeError):
 
 
 _UNION_TAGS = {"wcrnn", "elman", "gru", "lstm", "lru", "complex_diagonal", "linear",
-               "smnist", "psmnist", "scifar", "adding", "teacher_student"}
+               "smnist", "psmnist", "scifar", "adding", "teacher_student",
+               "uniform", "loguniform", "int", "categorical"}
 
 
 def _location(loc: tuple, prefix: str) -> str:
     parts = [str(p) for p in loc if str(p) not in _UNION_TAGS and "[" not in str(p)]
     path = ".".join(parts)
-    return ".".join(p for p in (prefix, path) if p) or "(top level)"
+    return ".".join(p for p in (prefix, path) if p)
 
 
 def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
@@ -43,7 +44,8 @@ def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
             if kind not in ("value_error", "assertion_error") and "input" in item:
                 got = repr(item["input"])
                 message += f" (got {got[:60] + '…' if len(got) > 60 else got})"
-        lines.append(f"{where}: {message}")
+        # whole-model checks name their fields in the message itself
+        lines.append(f"{where}: {message}" if where else message)
     return "\n".join(lines)
 
 

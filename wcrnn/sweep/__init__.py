@@ -1,0 +1,1 @@
+"""The sweep service: specs → Ray Tune + Optuna → MLflow. Builds on the science core."""

@@ -1,0 +1,202 @@
+"""What a sweep found, read back from MLflow: the best trials table and plots.
+
+`finish_parent_run` runs at the end of every sweep (best trial's params and metrics on the
+parent run, plots as its artifacts); `write_report` is what `wcrnn sweep report` does.
+Figures: objective vs each swept parameter, Lyapunov exponent vs objective, learning curves,
+and Optuna's parameter importance, parallel coordinates and optimisation history.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..plots import plot_curves, save_figure
+from .spec import SweepSpec
+from .tracking import STATUS_TAG, TRIAL_TAG
+
+
+@dataclass
+class TrialRecord:
+    run_id: str
+    trial_id: str
+    status: str
+    params: dict  # the sampled values, keyed by dotted path
+    metrics: dict  # last value of every metric
+    objective: float | None
+
+    def row(self) -> dict:
+        return {"trial_id": self.trial_id, "run_id": self.run_id, "status": self.status,
+                "objective": self.objective, **self.params,
+                **{k: self.metrics.get(k) for k in ("max_lyapunov", "mean_lyapunov", "epoch")}}
+
+
+@dataclass
+class SweepTrials:
+    spec: SweepSpec
+    trials: list[TrialRecord] = field(default_factory=list)
+
+    @property
+    def sign(self) -> int:
+        return -1 if self.spec.objective.mode == "min" else 1
+
+    def ranked(self) -> list[TrialRecord]:
+        usable = [t for t in self.trials if t.objective is not None and math.isfinite(t.objective)]
+        return sorted(usable, key=lambda t: -self.sign * t.objective)
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for trial in self.trials:
+            counts[trial.status] = counts.get(trial.status, 0) + 1
+        return counts
+
+
+def collect_trials(client, spec: SweepSpec, experiment_id: str, parent_run_id: str) -> SweepTrials:
+    runs = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                              max_results=50_000)
+    records = []
+    for run in runs:
+        sampled = json.loads(run.data.tags.get("wcrnn.sampled", "{}"))
+        metrics = dict(run.data.metrics)
+        records.append(TrialRecord(run.info.run_id, run.data.tags.get(TRIAL_TAG, ""),
+                                   run.data.tags.get(STATUS_TAG, run.info.status.lower()), sampled, metrics,
+                                   metrics.get(spec.objective.metric)))
+    records.sort(key=lambda r: r.trial_id)
+    return SweepTrials(spec, records)
+
+
+def finish_parent_run(client, spec: SweepSpec, metadata: dict, report_dir: str | None = None) -> dict:
+    """Put the best trial's params and metrics and the plots on the parent run, then close it."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    parent = metadata["parent_run_id"]
+    trials = collect_trials(client, spec, metadata["experiment_id"], parent)
+    folder = Path(report_dir or Path("reports") / spec.name)
+    summary = write_report(trials, folder, client)
+    ranked = trials.ranked()
+    best = {}
+    if ranked:
+        top = ranked[0]
+        best = {"run_id": top.run_id, "trial_id": top.trial_id, "params": top.params,
+                "metrics": {k: v for k, v in top.metrics.items()}}
+        existing = set(client.get_run(parent).data.params)
+        params = [Param(f"best.{k}", str(v)) for k, v in top.params.items() if f"best.{k}" not in existing]
+        metrics = [Metric(f"best_{k}", float(v), 0, 0) for k, v in top.metrics.items()
+                   if isinstance(v, (int, float)) and math.isfinite(v)]
+        client.log_batch(parent, params=params[:100], metrics=metrics[:1000],
+                         tags=[RunTag("wcrnn.best_trial_id", top.trial_id), RunTag("wcrnn.best_run_id", top.run_id)])
+    counts = trials.counts()
+    client.log_batch(parent, tags=[RunTag(f"wcrnn.trials_{k}", str(v)) for k, v in counts.items()]
+                     + [RunTag("wcrnn.status", "finished")])
+    client.log_artifacts(parent, str(folder), "report")
+    client.set_terminated(parent, "FINISHED")
+    return {"counts": counts, "best": best, "report_dir": str(folder), **summary}
+
+
+def write_report(trials: SweepTrials, folder: Path, client=None) -> dict:
+    """Write best_trials.json/.csv and the figures into `folder`; returns the table and figure paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ranked = trials.ranked()
+    rows = [t.row() for t in ranked] + [t.row() for t in trials.trials if t not in ranked]
+    (folder / "best_trials.json").write_text(json.dumps(rows, indent=1, default=str))
+    _write_csv(rows, folder / "best_trials.csv")
+    figures = [p for p in (_objective_vs_parameters(trials, folder), _lyapunov_vs_objective(trials, folder),
+                           learning_curves(client, trials, folder) if client is not None else None,
+                           *_optuna_figures(trials, folder)) if p is not None]
+    return {"table": rows, "figures": [str(p) for p in figures]}
+
+
+def learning_curves(client, trials: SweepTrials, folder: Path) -> Path | None:
+    metric = trials.spec.objective.metric
+    curves = {}
+    for trial in trials.trials:
+        history = client.get_metric_history(trial.run_id, metric)
+        if history:
+            curves[trial.trial_id] = sorted((m.step, m.value) for m in history)
+    if not curves:
+        return None
+    return plot_curves(curves, folder / "learning_curves.png", ylabel=metric, title="Learning curves")
+
+
+def _write_csv(rows: list[dict], path: Path) -> None:
+    import csv
+
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with path.open("w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _objective_vs_parameters(trials: SweepTrials, folder: Path) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    parameters = list(trials.spec.parameters)
+    usable = trials.ranked()
+    if not parameters or not usable:
+        return None
+    figure, axes = plt.subplots(1, len(parameters), figsize=(3.2 * len(parameters), 3), squeeze=False)
+    for axis, path in zip(axes[0], parameters):
+        points = [(t.params[path], t.objective) for t in usable if path in t.params]
+        if points and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x, _ in points):
+            axis.scatter(*zip(*points), s=14)
+            if trials.spec.parameters[path].distribution == "loguniform":
+                axis.set_xscale("log")
+        elif points:
+            labels = sorted({str(x) for x, _ in points})
+            axis.scatter([labels.index(str(x)) for x, _ in points], [y for _, y in points], s=14)
+            axis.set_xticks(range(len(labels)), labels)
+        axis.set(xlabel=path.split(".")[-1], ylabel=trials.spec.objective.metric)
+    return save_figure(figure, folder / "objective_vs_parameters.png")
+
+
+def _lyapunov_vs_objective(trials: SweepTrials, folder: Path) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    points = [(t.metrics["max_lyapunov"], t.objective) for t in trials.ranked() if "max_lyapunov" in t.metrics]
+    if not points:
+        return None
+    figure, axis = plt.subplots(figsize=(4.5, 3.5))
+    axis.scatter(*zip(*points), s=14)
+    axis.axvline(0, color="grey", lw=0.8, ls="--")
+    axis.set(xlabel="largest Lyapunov exponent", ylabel=trials.spec.objective.metric,
+             title="Memory (λ_max) vs objective")
+    return save_figure(figure, folder / "lyapunov_vs_objective.png")
+
+
+def _optuna_figures(trials: SweepTrials, folder: Path) -> list[Path]:
+    """Optuna's own plots, from a study rebuilt from the MLflow runs."""
+    import optuna
+    from optuna.visualization import matplotlib as optuna_plots
+
+    from .space import optuna_distribution
+
+    spec = trials.spec
+    distributions = {path: optuna_distribution(dist) for path, dist in spec.parameters.items()}
+    study = optuna.create_study(direction="minimize" if spec.objective.mode == "min" else "maximize")
+    for trial in trials.ranked():
+        params = {k: v for k, v in trial.params.items() if k in distributions}
+        study.add_trial(optuna.trial.create_trial(params=params, value=trial.objective,
+                                                  distributions={k: distributions[k] for k in params}))
+    paths = []
+    plots = [("optimization_history", optuna_plots.plot_optimization_history, 1),
+             ("parallel_coordinates", optuna_plots.plot_parallel_coordinate, 2),
+             ("param_importances", optuna_plots.plot_param_importances, 3)]
+    for name, plot, minimum in plots:
+        if len(study.trials) < minimum or (name != "optimization_history" and not distributions):
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                axes = plot(study)
+        except (ValueError, RuntimeError, ZeroDivisionError):
+            continue  # e.g. importance needs parameters that vary across trials
+        figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
+        figure.set_size_inches(7, 4.5)
+        paths.append(save_figure(figure, folder / f"{name}.png"))
+    return paths
+
+

@@ -1,0 +1,256 @@
+"""Run and resume sweeps: a validated spec → Ray Tune + OptunaSearch (+ ASHA) → MLflow.
+
+    result = run_sweep(spec, spec_text)                       # embedded: local Ray, ./mlflow.db, ./wcrnn_runs
+    result = run_sweep(spec, spec_text, address="auto", tracking_uri="http://mlflow:5000")
+    result = resume_sweep("my-sweep")                         # after an interruption
+
+The driver loads the task once and hands it to every trial through Ray's object store,
+creates the MLflow parent run, and records how to find everything again in
+`<storage>/<name>/wcrnn-sweep.json`, which `resume` and `report` read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ConfigError
+from .spec import SweepSpec
+from .tracking import MLflowTrialCallback, SweepTracker, check_tracking_server, default_tracking_uri
+
+METADATA_FILE = "wcrnn-sweep.json"
+DEFAULT_STORAGE = "wcrnn_runs"
+
+
+@dataclass
+class SweepResult:
+    name: str
+    path: str  # the Ray experiment directory
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    counts: dict = field(default_factory=dict)  # status -> number of trials
+    best: dict = field(default_factory=dict)  # best trial: run_id, trial_id, params, metrics
+    report_dir: str | None = None
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def storage_root(storage: str | None, spec: SweepSpec | None = None) -> str:
+    root = storage or (spec.storage.path if spec else None) or DEFAULT_STORAGE
+    if "://" in root:
+        return root
+    return str(Path(root).expanduser().resolve())
+
+
+def code_version() -> str:
+    from .. import __version__
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+                                capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{__version__}+{commit}" if commit else __version__
+
+
+def quiet_libraries() -> None:
+    """Our progress line replaces Tune's tables; keep library chatter out of the terminal."""
+    import mlflow  # noqa: F401  (its import sets its loggers to INFO; lower them after)
+    import optuna
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic reporter honours verbose=0
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def init_ray(address: str | None) -> str:
+    """Connect to a cluster (`auto`, `ray://…`, `HOST:PORT`) or start Ray in-process."""
+    import ray
+
+    if ray.is_initialized():
+        return ray.get_runtime_context().gcs_address or "local"
+    quiet_libraries()
+    kwargs = dict(logging_level=logging.WARNING, log_to_driver=bool(os.environ.get("WCRNN_RAY_LOGS")))
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(include_dashboard=False, **kwargs)
+    except ConnectionError as error:
+        raise ConfigError(f"--address {address}: cannot connect to the Ray cluster ({error})") from None
+    return address or "local"
+
+
+def _searcher(spec: SweepSpec):
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from .space import DefineByRun
+
+    if spec.search.algorithm == "tpe":
+        sampler = optuna.samplers.TPESampler(seed=spec.search.seed, n_startup_trials=spec.search.startup_trials)
+    else:
+        sampler = optuna.samplers.RandomSampler(seed=spec.search.seed)
+    # With a define-by-run space OptunaSearch ignores TuneConfig's metric/mode: give it the same ones.
+    searcher = OptunaSearch(space=DefineByRun(spec) if spec.search_space else None, sampler=sampler,
+                            metric=spec.objective.metric, mode=spec.objective.mode)
+    if spec.resources.max_concurrent:
+        searcher = ConcurrencyLimiter(searcher, max_concurrent=spec.resources.max_concurrent)
+    return searcher
+
+
+def _scheduler(spec: SweepSpec):
+    if spec.scheduler.kind == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        return ASHAScheduler(time_attr="training_iteration", max_t=spec.budget.max_epochs,
+                             grace_period=min(spec.scheduler.grace_period, spec.budget.max_epochs),
+                             reduction_factor=spec.scheduler.reduction_factor)
+    return None
+
+
+def _trainable(spec: SweepSpec, task):
+    from ray import tune
+
+    from .trainable import wcrnn_trial
+
+    resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    return tune.with_resources(tune.with_parameters(wcrnn_trial, spec_json=spec.model_dump_json(), task=task), resources)
+
+
+def _load_task(spec: SweepSpec):
+    from ..tasks import build_task
+
+    return build_task(spec.task)
+
+
+def run_sweep(spec: SweepSpec, spec_text: str, *, address: str | None = None, tracking_uri: str | None = None,
+              storage: str | None = None, progress: bool = True, report_dir: str | None = None) -> SweepResult:
+    """Run a sweep to completion (or until interrupted: then `resume_sweep` continues it)."""
+    from ray import tune
+
+    quiet_libraries()
+    uri = tracking_uri or spec.tracking.uri or default_tracking_uri()
+    check_tracking_server(uri)
+    root = storage_root(storage, spec)
+    path = f"{root}/{spec.name}"
+    if tune.Tuner.can_restore(path):
+        raise ConfigError(f"name: a sweep called {spec.name!r} already exists in {root}; "
+                          f"continue it with `wcrnn sweep resume {spec.name}` or choose another name or --storage")
+    task = _load_task(spec)  # data errors surface here, before Ray starts
+    ray_address = init_ray(address)
+    artifact_root = None if "://" in uri and not uri.startswith("sqlite") else str(Path("mlartifacts").resolve())
+    tracker = SweepTracker(uri, spec)
+    experiment_id, parent_run_id = tracker.start(spec_text, ray_address, code_version(), artifact_root)
+    metadata = {"name": spec.name, "spec": spec.model_dump(mode="json"), "spec_text": spec_text,
+                "tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent_run_id,
+                "storage": root, "path": path}
+    _write_metadata(path, metadata)
+    callback = MLflowTrialCallback(uri, experiment_id, parent_run_id, spec.model_dump_json())
+    callbacks = [callback]
+    if progress:
+        from .progress import ProgressCallback
+
+        callbacks.append(ProgressCallback(spec))
+    tuner = tune.Tuner(
+        _trainable(spec, task),
+        tune_config=tune.TuneConfig(
+            metric=spec.objective.metric, mode=spec.objective.mode, search_alg=_searcher(spec),
+            scheduler=_scheduler(spec), num_samples=spec.budget.num_trials,
+            time_budget_s=spec.budget.time_budget_s, reuse_actors=False),
+        run_config=tune.RunConfig(
+            name=spec.name, storage_path=root, verbose=0, callbacks=callbacks,
+            failure_config=tune.FailureConfig(max_failures=spec.budget.max_failures),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=spec.checkpoints.num_to_keep, checkpoint_score_attribute=spec.checkpoint_metric,
+                checkpoint_score_order="max" if "accuracy" in spec.checkpoint_metric else "min")),
+    )
+    return _fit_and_finish(tuner, spec, metadata, callback, report_dir)
+
+
+def resume_sweep(name_or_path: str, *, address: str | None = None, storage: str | None = None,
+                 report_dir: str | None = None) -> SweepResult:
+    """Continue an interrupted sweep: finished trials stay finished, the search state is kept.
+
+    Tune restores the sweep's callbacks (MLflow tracking, progress) with their state.
+    """
+    from ray import tune
+
+    metadata = read_metadata(name_or_path, storage)
+    spec = SweepSpec.model_validate(metadata["spec"])
+    uri = metadata["tracking_uri"]
+    check_tracking_server(uri)
+    path = metadata["path"]
+    if not tune.Tuner.can_restore(path):
+        raise ConfigError(f"{path}: no Ray Tune state to resume (the sweep never started its first trial?)")
+    task = _load_task(spec)
+    init_ray(address)
+    from mlflow import MlflowClient
+
+    MlflowClient(uri).update_run(metadata["parent_run_id"], status="RUNNING")
+    tuner = tune.Tuner.restore(path, trainable=_trainable(spec, task), resume_unfinished=True,
+                               resume_errored=True)
+    return _fit_and_finish(tuner, spec, metadata, None, report_dir)
+
+
+def _fit_and_finish(tuner, spec: SweepSpec, metadata: dict, callback: MLflowTrialCallback | None,
+                    report_dir: str | None) -> SweepResult:
+    from mlflow import MlflowClient
+
+    from .report import finish_parent_run
+
+    client = MlflowClient(metadata["tracking_uri"])
+    try:
+        tuner.fit()  # the tracking callback flushes its writes in on_experiment_end
+    except KeyboardInterrupt:
+        if callback is not None:
+            callback.close()
+        client.set_tag(metadata["parent_run_id"], "wcrnn.status", "interrupted")
+        client.set_terminated(metadata["parent_run_id"], "KILLED")
+        raise
+    summary = finish_parent_run(client, spec, metadata, report_dir)
+    return SweepResult(spec.name, metadata["path"], metadata["tracking_uri"], metadata["experiment_id"],
+                       metadata["parent_run_id"], summary["counts"], summary["best"], summary["report_dir"])
+
+
+def _write_metadata(path: str, metadata: dict) -> None:
+    if "://" in path:
+        import pyarrow.fs
+
+        filesystem, inner = pyarrow.fs.FileSystem.from_uri(path)
+        filesystem.create_dir(inner, recursive=True)
+        with filesystem.open_output_stream(f"{inner}/{METADATA_FILE}") as stream:
+            stream.write(json.dumps(metadata, indent=1).encode())
+        return
+    Path(path).mkdir(parents=True, exist_ok=True)
+    (Path(path) / METADATA_FILE).write_text(json.dumps(metadata, indent=1))
+
+
+def read_metadata(name_or_path: str, storage: str | None = None) -> dict:
+    """Find a sweep by its name (under --storage or ./wcrnn_runs) or by its experiment directory."""
+    candidates = [name_or_path, f"{storage_root(storage)}/{name_or_path}"]
+    for candidate in candidates:
+        if "://" in candidate:
+            import pyarrow.fs
+
+            try:
+                filesystem, inner = pyarrow.fs.FileSystem.from_uri(candidate)
+                with filesystem.open_input_stream(f"{inner}/{METADATA_FILE}") as stream:
+                    return json.loads(stream.read())
+            except (OSError, ValueError):
+                continue
+        file = Path(candidate) / METADATA_FILE
+        if file.is_file():
+            return json.loads(file.read_text())
+    raise ConfigError(f"no sweep {name_or_path!r} found (looked for {METADATA_FILE} in "
+                      f"{' and '.join(candidates)}); pass the sweep's directory or --storage")

@@ -1,0 +1,368 @@
+"""MLflow tracking of a sweep: one parent run, one nested child run per trial.
+
+Everything is logged by the driver from what trials report to Tune, so trials never need
+MLflow, and a trial restarted on another node keeps its one MLflow run (found again by its
+`wcrnn.trial_id` tag). Writes go through a background thread that batches each epoch into
+one `log_batch` call and retries while the server is unreachable, so training and Tune's
+event loop never wait on the network.
+
+Child runs carry: every resolved config field as a param (`model.r`, `training.lr`, …), every
+epoch's metrics with `step = epoch`, `max_lyapunov`/`mean_lyapunov` and the spectrum as JSON
+and PNG artifacts (`lyapunov/`), the best checkpoint so far (`checkpoint/checkpoint.pt`) and
+a status tag `wcrnn.status` ∈ {finished, stopped_early, diverged, failed}.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import queue
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable
+
+from ray.tune import Callback
+from ray.tune.result import AUTO_RESULT_KEYS
+
+from ..errors import ConfigError
+from .spec import SweepSpec
+from .trainable import trial_outcome
+
+log = logging.getLogger("wcrnn.sweep")
+
+STATUS_TAG = "wcrnn.status"
+TRIAL_TAG = "wcrnn.trial_id"
+SWEEP_TAG = "wcrnn.sweep"
+_NOT_METRICS = set(AUTO_RESULT_KEYS) | {"done", "epoch", "status", "should_checkpoint", "checkpoint_dir_name",
+                                        "iterations_since_restore", "time_since_restore", "experiment_tag"}
+
+
+def default_tracking_uri(directory: str | Path | None = None) -> str:
+    """The embedded default: an SQLite database in the working directory."""
+    return f"sqlite:///{Path(directory or os.getcwd()).resolve() / 'mlflow.db'}"
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    items: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            items.update(flatten(value, path + "."))
+        else:
+            items[path] = value
+    return items
+
+
+@contextmanager
+def _quick_failure():
+    """Make MLflow's HTTP client fail fast instead of retrying for minutes."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def check_tracking_server(uri: str) -> None:
+    """Fail before any trial starts if the tracking store cannot be reached."""
+    from mlflow import MlflowClient
+
+    try:
+        with _quick_failure():
+            MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as error:  # connection refused, DNS, auth, bad URI
+        reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"tracking.uri: cannot reach the MLflow tracking store at {uri} ({reason}). "
+                          "Start the server, fix --tracking-uri, or omit it to use the local database") from None
+
+
+def ensure_experiment(client, name: str, artifact_root: str | None) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_root)
+    except Exception:  # created concurrently by another driver
+        return client.get_experiment_by_name(name).experiment_id
+
+
+class _Writer:
+    """A background thread that applies MLflow calls in order, retrying while the server is down."""
+
+    def __init__(self, client, retry_limit_s: float):
+        self.client = client
+        self.retry_limit_s = retry_limit_s
+        self.jobs: queue.Queue = queue.Queue()
+        self.failures: list[str] = []
+        self.thread = threading.Thread(target=self._work, name="wcrnn-mlflow-writer", daemon=True)
+        self.thread.start()
+
+    def submit(self, job: Callable[[Any], None], what: str) -> None:
+        self.jobs.put((job, what))
+
+    def _work(self) -> None:
+        while True:
+            item = self.jobs.get()
+            if item is None:
+                self.jobs.task_done()
+                return
+            job, what = item
+            deadline = time.monotonic() + self.retry_limit_s
+            delay = 0.5
+            while True:
+                try:
+                    job(self.client)
+                    break
+                except Exception as error:  # network errors, server restarts
+                    if time.monotonic() + delay > deadline:
+                        self.failures.append(f"{what}: {error}")
+                        log.error("MLflow: giving up on %s after %.0f s: %s", what, self.retry_limit_s, error)
+                        break
+                    time.sleep(delay)  # back off before retrying an unreachable server
+                    delay = min(delay * 2, 10.0)
+            self.jobs.task_done()
+
+    def flush(self) -> None:
+        self.jobs.join()
+
+    def close(self) -> None:
+        self.jobs.put(None)
+        self.thread.join(timeout=max(self.retry_limit_s, 30) + 5)
+
+
+class SweepTracker:
+    """Driver-side MLflow access for one sweep: the parent run and its finishing touches."""
+
+    def __init__(self, uri: str, spec: SweepSpec):
+        self.uri = uri
+        self.spec = spec
+
+    @property
+    def client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(self.uri)
+
+    def start(self, spec_text: str, ray_address: str, code_version: str, artifact_root: str | None) -> tuple[str, str]:
+        """Create the experiment (if needed) and the sweep's parent run; returns (experiment_id, run_id)."""
+        from mlflow.entities import Param, RunTag
+
+        client = self.client
+        experiment_id = ensure_experiment(client, self.spec.experiment_name, artifact_root)
+        run = client.create_run(experiment_id, run_name=self.spec.name, tags={
+            SWEEP_TAG: self.spec.name, "wcrnn.role": "sweep", "wcrnn.spec_hash": self.spec.spec_hash(),
+            "wcrnn.code_version": code_version, "wcrnn.ray_address": ray_address,
+            "mlflow.note.content": self.spec.description or f"wcrnn sweep {self.spec.name}"})
+        run_id = run.info.run_id
+        searched = {f"search.{k}": json.dumps(v.model_dump()) for k, v in self.spec.search_space.items()}
+        params = [Param(k, str(v)[:6000]) for k, v in {
+            "task": self.spec.task.get("name"), "model": self.spec.model.get("name", "wcrnn"),
+            "objective": f"{self.spec.objective.metric} ({self.spec.objective.mode})",
+            "num_trials": self.spec.budget.num_trials, "max_epochs": self.spec.budget.max_epochs,
+            "search": self.spec.search.algorithm, "scheduler": self.spec.scheduler.kind, **searched}.items()]
+        client.log_batch(run_id, params=params[:100], tags=[RunTag("wcrnn.trials", str(self.spec.budget.num_trials))])
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "spec.yaml"
+            path.write_text(spec_text, encoding="utf-8")
+            client.log_artifact(run_id, str(path))
+        return experiment_id, run_id
+
+
+class MLflowTrialCallback(Callback):
+    """Tune callback: logs every trial as a nested child run of the sweep's parent run."""
+
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, spec_json: str,
+                 retry_limit_s: float = 600.0):
+        self.uri = uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.spec_json = spec_json
+        self.retry_limit_s = retry_limit_s
+        self.run_ids: dict[str, str] = {}  # trial_id -> MLflow run id
+        self.best: dict[str, float] = {}  # trial_id -> best checkpoint metric so far
+        self.last: dict[str, dict] = {}  # trial_id -> last result
+        self._writer: _Writer | None = None
+
+    # Tune pickles callbacks with the experiment; threads and clients are rebuilt on demand.
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_writer"] = None
+        return state
+
+    @property
+    def spec(self) -> SweepSpec:
+        return SweepSpec.model_validate_json(self.spec_json)
+
+    @property
+    def writer(self) -> _Writer:
+        if self._writer is None:
+            from mlflow import MlflowClient
+
+            self._writer = _Writer(MlflowClient(self.uri), self.retry_limit_s)
+        return self._writer
+
+    def get_state(self):
+        return {"run_ids": dict(self.run_ids), "best": dict(self.best)}
+
+    def set_state(self, state):
+        self.run_ids.update(state.get("run_ids", {}))
+        self.best.update(state.get("best", {}))
+
+    # -- trial lifecycle -------------------------------------------------------------------
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._open_run(trial)
+
+    def on_trial_restore(self, iteration, trials, trial, **info):
+        run_id = self._open_run(trial)
+        self.writer.submit(lambda c: c.set_tag(run_id, "wcrnn.restored_at", str(int(time.time()))), "restore tag")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        run_id = self._open_run(trial)
+        failures = getattr(trial.run_metadata, "num_failures", 0)
+        self.writer.submit(lambda c: c.set_tag(run_id, "wcrnn.restarts", str(failures)), "restart tag")
+
+    def _open_run(self, trial) -> str:
+        if trial.trial_id in self.run_ids:
+            return self.run_ids[trial.trial_id]
+        client = self.writer.client
+        existing = client.search_runs(
+            [self.experiment_id], max_results=1,
+            filter_string=f"tags.{TRIAL_TAG} = '{trial.trial_id}' and tags.mlflow.parentRunId = '{self.parent_run_id}'")
+        if existing:
+            run_id = existing[0].info.run_id
+            client.update_run(run_id, status="RUNNING")
+        else:
+            run_id = client.create_run(self.experiment_id, run_name=str(trial), tags={
+                "mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial.trial_id, SWEEP_TAG: self.spec.name,
+                "wcrnn.role": "trial", STATUS_TAG: "running"}).info.run_id
+            self._log_params(run_id, trial.config)
+        self.run_ids[trial.trial_id] = run_id
+        return run_id
+
+    def _log_params(self, run_id: str, sampled: dict) -> None:
+        from mlflow.entities import Param, RunTag
+
+        resolved = self.spec.trial_run_config(sampled).model_dump(mode="json")
+        params = [Param(key, json.dumps(value) if isinstance(value, (list, dict)) else str(value))
+                  for key, value in flatten(resolved).items()]
+        tags = [RunTag("wcrnn.sampled", json.dumps(sampled, sort_keys=True))]
+
+        def job(client):
+            for start in range(0, len(params), 100):
+                client.log_batch(run_id, params=params[start:start + 100], tags=tags if start == 0 else [])
+
+        self.writer.submit(job, f"params of {run_id}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        from mlflow.entities import Metric, RunTag
+
+        run_id = self._open_run(trial)
+        self.last[trial.trial_id] = result
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        stamp = int(time.time() * 1000)
+        metrics = [Metric(key, float(value), stamp, step) for key, value in result.items()
+                   if key not in _NOT_METRICS and isinstance(value, (int, float)) and not isinstance(value, bool)
+                   and math.isfinite(value)]
+        tags = [RunTag("wcrnn.node_ip", str(result.get("node_ip", ""))), RunTag("wcrnn.last_epoch", str(step))]
+        if result.get("status") == "diverged":
+            tags.append(RunTag(STATUS_TAG, "diverged"))
+        self.writer.submit(lambda c: c.log_batch(run_id, metrics=metrics, tags=tags), f"epoch {step} of {run_id}")
+        if result.get("lyapunov_spectrum"):
+            self._log_spectrum(run_id, step, result)
+
+    def _log_spectrum(self, run_id: str, step: int, result: dict) -> None:
+        spectrum = {"epoch": step, "exponents": result["lyapunov_spectrum"],
+                    "spread": result.get("lyapunov_spread"), "predicted": result.get("lyapunov_predicted"),
+                    "max_exponent": result.get("max_lyapunov"), "mean_exponent": result.get("mean_lyapunov")}
+
+        def job(client):
+            from ..plots import plot_lyapunov_spectrum
+
+            with tempfile.TemporaryDirectory() as folder:
+                for name in (f"spectrum_epoch{step:04d}", "spectrum"):
+                    (Path(folder) / f"{name}.json").write_text(json.dumps(spectrum, indent=1))
+                    plot_lyapunov_spectrum(spectrum["exponents"], Path(folder) / f"{name}.png", spectrum["spread"],
+                                           spectrum["predicted"], title=f"Lyapunov spectrum, epoch {step}")
+                client.log_artifacts(run_id, folder, "lyapunov")
+
+        self.writer.submit(job, f"Lyapunov spectrum of {run_id}")
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        spec = self.spec
+        result = self.last.get(trial.trial_id, {})
+        metric = spec.checkpoint_metric
+        value = result.get(metric)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            return
+        sign = 1 if ("accuracy" in metric) else -1
+        best = self.best.get(trial.trial_id)
+        if best is not None and sign * value <= sign * best:
+            return
+        self.best[trial.trial_id] = value
+        run_id = self._open_run(trial)
+        folder = tempfile.mkdtemp(prefix="wcrnn-ckpt-")
+        checkpoint.to_directory(folder)  # copy now: Tune may delete it once better ones exist
+        epoch = str(result.get("epoch", ""))
+
+        def job(client):
+            try:
+                client.log_artifacts(run_id, folder, "checkpoint")
+                client.set_tag(run_id, "wcrnn.checkpoint_epoch", epoch)
+            finally:
+                import shutil
+
+                shutil.rmtree(folder, ignore_errors=True)
+
+        self.writer.submit(job, f"checkpoint of {run_id}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        run_id = self._open_run(trial)
+        status = trial_outcome(self.last.get(trial.trial_id, trial.last_result or {}), self.spec.budget.max_epochs)
+
+        def job(client):
+            client.set_tag(run_id, STATUS_TAG, status)
+            client.set_terminated(run_id, "FINISHED")
+
+        self.writer.submit(job, f"completion of {run_id}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        run_id = self._open_run(trial)
+        message = ""
+        error_file = getattr(trial, "error_file", None)
+        if error_file and os.path.exists(error_file):
+            message = Path(error_file).read_text(errors="replace")[-4000:]
+
+        def job(client):
+            client.set_tag(run_id, STATUS_TAG, "failed")
+            if message:
+                client.set_tag(run_id, "wcrnn.error", message[-5000:])
+            client.set_terminated(run_id, "FAILED")
+
+        self.writer.submit(job, f"failure of {run_id}")
+
+    def on_experiment_end(self, trials, **info):
+        self.close()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+            self._writer.close()
+            self._writer = None
+
+    @property
+    def failures(self) -> list[str]:
+        return [] if self._writer is None else list(self._writer.failures)
