@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv run test bench clean
+.PHONY: venv run demo test clean
 
 venv: $(STAMP)
 
@@ -14,8 +14,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## The main job: a quick, offline demo on the embedded defaults.
+## The main job: a quick sweep, offline, on the embedded defaults (local Ray, ./mlflow.db, ./wcrnn_runs).
+## A second `make run` starts over: it moves the previous quickstart's Ray state aside first.
 run: $(STAMP)
+	@if [ -d wcrnn_runs/quickstart ]; then mv wcrnn_runs/quickstart wcrnn_runs/quickstart-$$(date +%Y%m%d-%H%M%S); fi
+	$(BIN)/wcrnn sweep run sweeps/quickstart.yaml
+
+## One training run without Ray: a rotational WCRNN on the offline sMNIST digits (about 2 minutes).
+demo: $(STAMP)
 	$(BIN)/wcrnn train --set task.name=smnist --set task.source=mnist5k --set task.limit_train=1024 \
 		--set task.limit_eval=500 --set model.residual=rotational --set model.r=0.99 --set model.gamma=0.02 \
 		--set training.lr=0.01 --set training.batch_size=16 --set training.epochs=2 \

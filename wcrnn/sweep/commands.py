@@ -38,6 +38,17 @@ def schema():
     print_json(spec_json_schema())
 
 
+def _run_sweep_command(action):
+    """Like run_guarded, and an interrupted sweep exits 130 with how to resume it."""
+    from .runner import SweepInterrupted
+
+    try:
+        return run_guarded(action)
+    except SweepInterrupted as interrupted:
+        err.print(f"[yellow]interrupted:[/] {interrupted}", highlight=False)
+        raise typer.Exit(130)
+
+
 def _finish(result, as_json: bool):
     from rich.table import Table
 
@@ -83,7 +94,7 @@ def run(
         return run_sweep(loaded, text, address=address, tracking_uri=tracking_uri, storage=storage,
                          report_dir=str(report_dir) if report_dir else None)
 
-    _finish(run_guarded(action), as_json)
+    _finish(_run_sweep_command(action), as_json)
 
 
 @app.command()
@@ -97,7 +108,7 @@ def resume(
     """Continue an interrupted sweep: finished trials are not re-run and the search state is kept."""
     from .runner import resume_sweep
 
-    result = run_guarded(lambda: resume_sweep(sweep, address=address, storage=storage,
+    result = _run_sweep_command(lambda: resume_sweep(sweep, address=address, storage=storage,
                                               report_dir=str(report_dir) if report_dir else None))
     _finish(result, as_json)
 

@@ -203,6 +203,10 @@ def resume_sweep(name_or_path: str, *, address: str | None = None, storage: str 
     return _fit_and_finish(tuner, spec, metadata, None, report_dir)
 
 
+class SweepInterrupted(RuntimeError):
+    """The sweep stopped before all trials ended (Ctrl-C, SIGTERM); `resume` continues it."""
+
+
 def _fit_and_finish(tuner, spec: SweepSpec, metadata: dict, callback: MLflowTrialCallback | None,
                     report_dir: str | None) -> SweepResult:
     from mlflow import MlflowClient
@@ -211,16 +215,36 @@ def _fit_and_finish(tuner, spec: SweepSpec, metadata: dict, callback: MLflowTria
 
     client = MlflowClient(metadata["tracking_uri"])
     try:
-        tuner.fit()  # the tracking callback flushes its writes in on_experiment_end
+        results = tuner.fit()  # the tracking callback flushes its writes in on_experiment_end
     except KeyboardInterrupt:
-        if callback is not None:
-            callback.close()
-        client.set_tag(metadata["parent_run_id"], "wcrnn.status", "interrupted")
-        client.set_terminated(metadata["parent_run_id"], "KILLED")
-        raise
+        _mark_interrupted(client, metadata, callback)
+        raise SweepInterrupted(f"sweep {spec.name} interrupted; continue it with `wcrnn sweep resume {spec.name}`") from None
+    # After a first Ctrl-C, Tune saves its state and returns normally with trials unfinished.
+    unfinished = len(results) - results.num_terminated - results.num_errors
+    missing = spec.budget.num_trials - len(results) if not spec.budget.time_budget_s else 0
+    if unfinished > 0 or missing > 0:
+        _mark_interrupted(client, metadata, callback)
+        raise SweepInterrupted(f"sweep {spec.name} interrupted with {unfinished + missing} trials to go; "
+                               f"continue it with `wcrnn sweep resume {spec.name}`")
+    if callback is not None:
+        callback.close()
     summary = finish_parent_run(client, spec, metadata, report_dir)
     return SweepResult(spec.name, metadata["path"], metadata["tracking_uri"], metadata["experiment_id"],
                        metadata["parent_run_id"], summary["counts"], summary["best"], summary["report_dir"])
+
+
+def _mark_interrupted(client, metadata: dict, callback: MLflowTrialCallback | None) -> None:
+    """Leave no run RUNNING: open trials and the parent are closed as KILLED until `resume` reopens them."""
+    if callback is not None:
+        callback.close()
+    parent = metadata["parent_run_id"]
+    open_runs = client.search_runs([metadata["experiment_id"]], max_results=10_000,
+                                   filter_string=f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'")
+    for run in open_runs:
+        client.set_tag(run.info.run_id, "wcrnn.status", "interrupted")
+        client.set_terminated(run.info.run_id, "KILLED")
+    client.set_tag(parent, "wcrnn.status", "interrupted")
+    client.set_terminated(parent, "KILLED")
 
 
 def _write_metadata(path: str, metadata: dict) -> None:

@@ -1,0 +1,233 @@
+"""Real sweeps: local Ray Tune + OptunaSearch + ASHA, tracked in a real MLflow database.
+
+Each sweep runs through the `wcrnn` CLI in a fresh working directory, exactly as a user
+runs it, and everything is read back with MlflowClient.
+"""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from mlflow import MlflowClient
+
+from wcrnn.checkpoint import load_checkpoint
+from wcrnn.config import RunConfig
+from wcrnn.tasks import build_task
+from wcrnn.train import build_for_task, evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+WCRNN = [sys.executable, "-m", "wcrnn.cli"]
+ENV = {**os.environ, "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1"}
+
+
+def sweep(workdir: Path, *args, timeout=600) -> subprocess.CompletedProcess:
+    done = subprocess.run([*WCRNN, "sweep", *args], cwd=workdir, env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def runs_of(workdir: Path, experiment: str):
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    runs = client.search_runs([experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("wcrnn.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("wcrnn.role") == "trial"]
+    return client, parents, children
+
+
+# -- the README's main job: the quickstart sweep ----------------------------------------------
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("quickstart")
+    done = sweep(workdir, "run", str(ROOT / "sweeps" / "quickstart.yaml"), "--json")
+    return workdir, json.loads(done.stdout), done.stderr
+
+
+def test_quickstart_leaves_a_parent_run_and_one_child_per_trial(quickstart):
+    workdir, summary, log = quickstart
+    spec = yaml.safe_load((ROOT / "sweeps" / "quickstart.yaml").read_text())
+    client, parents, children = runs_of(workdir, "quickstart")
+    assert len(parents) == 1 and len(children) == spec["budget"]["num_trials"]
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert {"wcrnn.spec_hash", "wcrnn.code_version", "wcrnn.ray_address"} <= set(parent.data.tags)
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    parent_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert "spec.yaml" in parent_files
+    assert {"report/param_importances.png", "report/parallel_coordinates.png", "report/optimization_history.png",
+            "report/objective_vs_parameters.png", "report/lyapunov_vs_objective.png",
+            "report/learning_curves.png", "report/best_trials.json"} <= report
+    best = parent.data.tags["wcrnn.best_run_id"]
+    best_value = min(c.data.metrics["val_mse"] for c in children if "val_mse" in c.data.metrics)
+    assert parent.data.metrics["best_val_mse"] == pytest.approx(best_value)
+    assert summary["best"]["run_id"] == best
+    assert "trials 8/8 done" in log and "best val_mse=" in log  # the live progress line
+
+
+def test_sampled_hyperparameters_are_logged_inside_their_bounds(quickstart):
+    workdir, _, _ = quickstart
+    bounds = yaml.safe_load((ROOT / "sweeps" / "quickstart.yaml").read_text())["search_space"]
+    _, _, children = runs_of(workdir, "quickstart")
+    for child in children:
+        params = child.data.params
+        assert bounds["lr"]["low"] <= float(params["training.lr"]) <= bounds["lr"]["high"]
+        assert bounds["r"]["low"] <= float(params["model.r"]) <= bounds["r"]["high"]
+        assert bounds["phi0"]["low"] <= float(params["model.phi0"]) <= bounds["phi0"]["high"]
+        assert bounds["gamma"]["low"] <= float(params["model.gamma"]) <= bounds["gamma"]["high"]
+        assert int(params["model.heads"]) in bounds["heads"]["choices"]
+        assert params["model.hidden_size"] == "32" and params["task.name"] == "adding"  # fixed config too
+    assert len({c.data.params["training.lr"] for c in children}) == len(children)
+
+
+def test_every_epoch_and_the_lyapunov_spectrum_are_tracked(quickstart):
+    workdir, _, _ = quickstart
+    client, _, children = runs_of(workdir, "quickstart")
+    statuses = set()
+    for child in children:
+        run_id = child.info.run_id
+        statuses.add(child.data.tags["wcrnn.status"])
+        steps = [m.step for m in client.get_metric_history(run_id, "val_mse")]
+        assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 2  # ASHA's grace period is 2
+        assert sorted(m.step for m in client.get_metric_history(run_id, "train_loss")) == steps
+        assert math.isfinite(child.data.metrics["max_lyapunov"]) and "mean_lyapunov" in child.data.metrics
+        lyapunov = {a.path for a in client.list_artifacts(run_id, "lyapunov")}
+        assert {"lyapunov/spectrum.json", "lyapunov/spectrum.png"} <= lyapunov
+        spectrum = json.loads(Path(client.download_artifacts(run_id, "lyapunov/spectrum.json", str(workdir))).read_text())
+        assert len(spectrum["exponents"]) == 32 and spectrum["exponents"] == sorted(spectrum["exponents"], reverse=True)
+        assert spectrum["max_exponent"] == pytest.approx(child.data.metrics["max_lyapunov"])
+        assert child.info.status == "FINISHED"
+    assert statuses <= {"finished", "stopped_early"} and "finished" in statuses
+
+
+def test_checkpoint_artifact_reproduces_the_logged_validation_metric(quickstart, tmp_path):
+    workdir, _, _ = quickstart
+    client, parents, _ = runs_of(workdir, "quickstart")
+    run_id = parents[0].data.tags["wcrnn.best_run_id"]
+    epoch = int(client.get_run(run_id).data.tags["wcrnn.checkpoint_epoch"])
+    path = client.download_artifacts(run_id, "checkpoint/checkpoint.pt", str(tmp_path))
+    state = load_checkpoint(path)
+    assert state["epoch"] == epoch
+    config = RunConfig.model_validate(state["config"])
+    task = build_task(config.task)
+    model = build_for_task(config, task)
+    model.load_state_dict(state["model"])
+    metrics = evaluate(model, task, task.val, torch.device("cpu"), config.training.eval_batch_size)
+    logged = {m.step: m.value for m in client.get_metric_history(run_id, "val_mse")}
+    assert metrics["mse"] == pytest.approx(logged[epoch], rel=1e-5)
+    assert logged[epoch] == min(logged.values())  # the best epoch's checkpoint is the one kept
+
+
+def test_report_command_writes_table_and_figures(quickstart):
+    workdir, _, _ = quickstart
+    done = sweep(workdir, "report", "quickstart", "--json", "--out", "myreport")
+    report = json.loads(done.stdout)
+    assert len(report["table"]) == 8
+    objectives = [row["objective"] for row in report["table"]]
+    assert objectives == sorted(objectives)  # best (lowest val_mse) first
+    for figure in ("objective_vs_parameters", "lyapunov_vs_objective", "learning_curves", "param_importances"):
+        assert (workdir / "myreport" / f"{figure}.png").stat().st_size > 5000
+
+
+# -- a diverging trial -------------------------------------------------------------------------
+
+def small_spec(name, **changes):
+    spec = {
+        "name": name,
+        "task": {"name": "adding", "length": 20, "num_train": 256, "num_val": 64, "num_test": 64},
+        "model": {"name": "wcrnn", "hidden_size": 8, "residual": "homogeneous"},
+        "training": {"optimizer": "adam", "batch_size": 64},
+        "search_space": {"lr": {"distribution": "loguniform", "low": 1e-3, "high": 1e-2}},
+        "objective": {"metric": "val_mse", "mode": "min"},
+        "budget": {"num_trials": 3, "max_epochs": 2},
+        "search": {"algorithm": "random", "seed": 0},
+        "resources": {"cpu": 1, "max_concurrent": 2},
+        "lyapunov": {"every": 0, "at_end": False},
+    }
+    for key, value in changes.items():
+        spec[key] = value
+    return spec
+
+
+def test_a_diverging_trial_is_recorded_as_diverged_and_the_sweep_completes(tmp_path):
+    spec = small_spec("diverging", search_space={"r": {"distribution": "categorical", "choices": [0.9, 40.0]}},
+                      budget={"num_trials": 4, "max_epochs": 2})
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    summary = json.loads(sweep(tmp_path, "run", "spec.yaml", "--json").stdout)
+    _, parents, children = runs_of(tmp_path, "diverging")
+    status = {float(c.data.params["model.r"]): c.data.tags["wcrnn.status"] for c in children}
+    assert len(children) == 4 and parents[0].info.status == "FINISHED"
+    assert status == {0.9: "finished", 40.0: "diverged"}
+    for child in children:
+        if child.data.tags["wcrnn.status"] == "diverged":
+            assert "val_mse" not in child.data.metrics  # the worst value goes to Tune, not a fake number to MLflow
+            assert child.data.tags["wcrnn.last_epoch"] == "1"  # stopped at the first non-finite loss
+    assert summary["counts"]["diverged"] >= 1 and summary["counts"]["finished"] >= 1
+    assert float(summary["best"]["params"]["model.r"]) == 0.9
+
+
+# -- interrupt and resume ------------------------------------------------------------------------
+
+def wait_for(condition, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)  # polling the MLflow database of a running sweep
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def finished_children(workdir, name):
+    try:
+        _, _, children = runs_of(workdir, name)
+    except Exception:  # database or experiment not created yet
+        return []
+    return [c for c in children if c.data.tags.get("wcrnn.status") == "finished"]
+
+
+def test_resume_finishes_an_interrupted_sweep_without_rerunning_finished_trials(tmp_path):
+    spec = small_spec("resumable", budget={"num_trials": 5, "max_epochs": 3},
+                      resources={"cpu": 1, "max_concurrent": 1})
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    process = subprocess.Popen([*WCRNN, "sweep", "run", "spec.yaml"], cwd=tmp_path, env=ENV,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: len(finished_children(tmp_path, "resumable")) >= 2, 240, "two finished trials")
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr[-2000:]
+    assert "wcrnn sweep resume resumable" in stderr
+    client, parents, before = runs_of(tmp_path, "resumable")
+    assert parents[0].info.status == "KILLED"
+    assert all(c.info.status != "RUNNING" for c in before)  # no orphan left RUNNING
+    done_before = {c.data.tags["wcrnn.trial_id"]: c for c in before if c.data.tags.get("wcrnn.status") == "finished"}
+    history_before = {t: [(m.step, m.value) for m in client.get_metric_history(c.info.run_id, "val_mse")]
+                      for t, c in done_before.items()}
+    assert len(done_before) >= 2
+
+    sweep(tmp_path, "resume", "resumable")
+
+    client, parents, after = runs_of(tmp_path, "resumable")
+    assert parents[0].info.status == "FINISHED"
+    assert len(after) == 5 and len({c.data.tags["wcrnn.trial_id"] for c in after}) == 5
+    assert all(c.info.status == "FINISHED" and c.data.tags["wcrnn.status"] == "finished" for c in after)
+    for trial_id, child in done_before.items():
+        history = [(m.step, m.value) for m in client.get_metric_history(child.info.run_id, "val_mse")]
+        assert history == history_before[trial_id]  # not re-run: no new epochs
+    for child in after:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_mse")]
+        assert sorted(set(steps)) == [1, 2, 3]  # every trial reached every epoch
