@@ -25,7 +25,8 @@ from wcrnn.train import build_for_task, evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 WCRNN = [sys.executable, "-m", "wcrnn.cli"]
-ENV = {**os.environ, "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1"}
+ENV = {**{k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "WCRNN_STORAGE", "RAY_ADDRESS")},
+       "PYTHONUNBUFFERED": "1"}
 
 
 def sweep(workdir: Path, *args, timeout=600) -> subprocess.CompletedProcess:

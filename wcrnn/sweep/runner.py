@@ -42,7 +42,7 @@ class SweepResult:
 
 
 def storage_root(storage: str | None, spec: SweepSpec | None = None) -> str:
-    root = storage or (spec.storage.path if spec else None) or DEFAULT_STORAGE
+    root = storage or (spec.storage.path if spec else None) or os.environ.get("WCRNN_STORAGE") or DEFAULT_STORAGE
     if "://" in root:
         return root
     return str(Path(root).expanduser().resolve())
@@ -140,7 +140,7 @@ def run_sweep(spec: SweepSpec, spec_text: str, *, address: str | None = None, tr
     from ray import tune
 
     quiet_libraries()
-    uri = tracking_uri or spec.tracking.uri or default_tracking_uri()
+    uri = tracking_uri or spec.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
     check_tracking_server(uri)
     root = storage_root(storage, spec)
     path = f"{root}/{spec.name}"
