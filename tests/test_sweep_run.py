@@ -10,10 +10,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from support import wait_for
 import torch
 import yaml
 from mlflow import MlflowClient
@@ -178,16 +178,6 @@ def test_a_diverging_trial_is_recorded_as_diverged_and_the_sweep_completes(tmp_p
 
 
 # -- interrupt and resume ------------------------------------------------------------------------
-
-def wait_for(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.5)  # polling the MLflow database of a running sweep
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
 
 def finished_children(workdir, name):
     try:

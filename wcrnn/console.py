@@ -9,7 +9,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from .errors import CheckpointError, ConfigError, config_error
+from .errors import CheckpointError, ConfigError, ServiceUnavailable, config_error
 
 err = Console(stderr=True)
 
@@ -30,7 +30,7 @@ def run_guarded(action):
         fail(str(error), 2)
     except ValidationError as error:
         fail(str(config_error(error)), 2)
-    except (DataError, CheckpointError) as error:
+    except (DataError, CheckpointError, ServiceUnavailable) as error:
         fail(str(error), 1)
     except ValueError as error:
         fail(str(error), 2)

@@ -9,6 +9,10 @@ class ConfigError(ValueError):
     """A configuration or spec is invalid; str(error) is the user-facing message."""
 
 
+class ServiceUnavailable(RuntimeError):
+    """A server the command needs (Ray cluster, MLflow tracking server) cannot be reached."""
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt or unsafe; the message names the file."""
 

@@ -152,3 +152,84 @@ def report(
     err.print(table)
     err.print("figures: " + ", ".join(summary["figures"]), highlight=False)
 
+
+
+# -- Ray clusters: submit a sweep as a Ray Job and follow it --------------------------------------
+
+ADDRESS_OPT = typer.Option(None, "--address", help="Ray dashboard / Jobs API, e.g. http://127.0.0.1:8265 (default: $RAY_ADDRESS).")
+
+
+@app.command()
+def submit(
+    spec: Path = SPEC_ARG,
+    address: Optional[str] = ADDRESS_OPT,
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow server the cluster logs to (sets MLFLOW_TRACKING_URI for the job)."),
+    storage: Optional[str] = typer.Option(None, help="Shared trial storage for all nodes: a shared path or s3://bucket/prefix."),
+    overrides: Optional[List[str]] = SET_OPT,
+    as_json: bool = typer.Option(False, "--json", help="Print job id and URLs as JSON."),
+):
+    """Validate a spec here, then run it on a Ray cluster as a Ray Job (prints the job id and where to watch)."""
+    from .jobs import submit_sweep
+    from .spec import load_spec
+
+    def action():
+        loaded, _ = load_spec(spec, overrides)
+        return submit_sweep(loaded, address, tracking_uri, storage)
+
+    info = run_guarded(action)
+    if as_json:
+        print_json(info)
+        return
+    typer.echo(info["job_id"])
+    err.print(f"submitted sweep as Ray Job {info['job_id']}", highlight=False)
+    err.print(f"  Ray dashboard: {info['dashboard']}", highlight=False)
+    err.print(f"  MLflow:        {info['mlflow_experiment'] or 'the cluster default MLFLOW_TRACKING_URI'}", highlight=False)
+    err.print(f"  follow it:     wcrnn sweep logs {info['job_id']} --follow --address ...", highlight=False)
+
+
+@app.command()
+def status(job: str = typer.Argument(..., help="Job id printed by submit."), address: Optional[str] = ADDRESS_OPT,
+           as_json: bool = typer.Option(False, "--json", help="Print as JSON.")):
+    """Status of a submitted sweep (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)."""
+    from .jobs import job_status
+
+    info = run_guarded(lambda: job_status(address, job))
+    if as_json:
+        print_json(info)
+    else:
+        typer.echo(f"{info['job_id']}: {info['status']}" + (f" ({info['message']})" if info["message"] else ""))
+
+
+@app.command()
+def logs(job: str = typer.Argument(..., help="Job id printed by submit."), address: Optional[str] = ADDRESS_OPT,
+         follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing until the job ends.")):
+    """The driver log of a submitted sweep (progress lines, errors)."""
+    from .jobs import job_logs
+
+    run_guarded(lambda: job_logs(address, job, follow, write=lambda text, end="": typer.echo(text, nl=False)))
+
+
+@app.command()
+def stop(job: str = typer.Argument(..., help="Job id printed by submit."), address: Optional[str] = ADDRESS_OPT):
+    """Stop a submitted sweep (its state stays in storage: `wcrnn sweep resume` on the cluster continues it)."""
+    from .jobs import stop_job
+
+    stopped = run_guarded(lambda: stop_job(address, job))
+    typer.echo(f"{job}: {'stop requested' if stopped else 'already ended'}")
+
+
+@app.command("list")
+def list_command(address: Optional[str] = ADDRESS_OPT, as_json: bool = typer.Option(False, "--json", help="Print as JSON.")):
+    """Sweeps (Ray Jobs) on the cluster, oldest first."""
+    from rich.table import Table
+
+    from .jobs import list_jobs
+
+    rows = run_guarded(lambda: list_jobs(address))
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("job id", "status", "sweep", "entrypoint")
+    for row in rows:
+        table.add_row(row["job_id"], row["status"], row["sweep"], row["entrypoint"])
+    err.print(table)

@@ -17,8 +17,9 @@ import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ServiceUnavailable
 from .spec import SweepSpec
 from .tracking import MLflowTrialCallback, SweepTracker, check_tracking_server, default_tracking_uri
 
@@ -46,6 +47,38 @@ def storage_root(storage: str | None, spec: SweepSpec | None = None) -> str:
     if "://" in root:
         return root
     return str(Path(root).expanduser().resolve())
+
+
+def storage_filesystem(root: str):
+    """(path, pyarrow filesystem or None) for Ray's storage_path/storage_filesystem.
+
+    `s3://bucket/prefix` with WCRNN_S3_ENDPOINT set (MinIO, Ceph, …) gets an S3FileSystem with
+    that endpoint, because pyarrow ignores AWS_ENDPOINT_URL; credentials come from the usual
+    AWS_* variables. Anything else is left to Ray (local paths, s3://, gs://, …).
+    """
+    endpoint = os.environ.get("WCRNN_S3_ENDPOINT")
+    if root.startswith("s3://") and endpoint:
+        import pyarrow.fs
+
+        parsed = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
+        filesystem = pyarrow.fs.S3FileSystem(
+            endpoint_override=parsed.netloc, scheme=parsed.scheme,
+            access_key=os.environ.get("AWS_ACCESS_KEY_ID"), secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+            region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+        return root[len("s3://"):], filesystem
+    return root, None
+
+
+def _open_storage(path: str):
+    """(pyarrow filesystem, path inside it) for reading and writing the sweep's metadata file."""
+    import pyarrow.fs
+
+    inner, filesystem = storage_filesystem(path)
+    if filesystem is not None:
+        return filesystem, inner
+    if "://" in path:
+        return pyarrow.fs.FileSystem.from_uri(path)
+    return pyarrow.fs.LocalFileSystem(), path
 
 
 def code_version() -> str:
@@ -86,7 +119,7 @@ def init_ray(address: str | None) -> str:
         else:
             ray.init(include_dashboard=False, **kwargs)
     except ConnectionError as error:
-        raise ConfigError(f"--address {address}: cannot connect to the Ray cluster ({error})") from None
+        raise ServiceUnavailable(f"--address {address}: cannot connect to the Ray cluster ({error})") from None
     return address or "local"
 
 
@@ -144,7 +177,8 @@ def run_sweep(spec: SweepSpec, spec_text: str, *, address: str | None = None, tr
     check_tracking_server(uri)
     root = storage_root(storage, spec)
     path = f"{root}/{spec.name}"
-    if tune.Tuner.can_restore(path):
+    storage_path, filesystem = storage_filesystem(root)
+    if tune.Tuner.can_restore(storage_filesystem(path)[0], storage_filesystem=filesystem):
         raise ConfigError(f"name: a sweep called {spec.name!r} already exists in {root}; "
                           f"continue it with `wcrnn sweep resume {spec.name}` or choose another name or --storage")
     task = _load_task(spec)  # data errors surface here, before Ray starts
@@ -169,7 +203,7 @@ def run_sweep(spec: SweepSpec, spec_text: str, *, address: str | None = None, tr
             scheduler=_scheduler(spec), num_samples=spec.budget.num_trials,
             time_budget_s=spec.budget.time_budget_s, reuse_actors=False),
         run_config=tune.RunConfig(
-            name=spec.name, storage_path=root, verbose=0, callbacks=callbacks,
+            name=spec.name, storage_path=storage_path, storage_filesystem=filesystem, verbose=0, callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=spec.budget.max_failures),
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=spec.checkpoints.num_to_keep, checkpoint_score_attribute=spec.checkpoint_metric,
@@ -191,15 +225,16 @@ def resume_sweep(name_or_path: str, *, address: str | None = None, storage: str 
     uri = metadata["tracking_uri"]
     check_tracking_server(uri)
     path = metadata["path"]
-    if not tune.Tuner.can_restore(path):
+    inner, filesystem = storage_filesystem(path)
+    if not tune.Tuner.can_restore(inner, storage_filesystem=filesystem):
         raise ConfigError(f"{path}: no Ray Tune state to resume (the sweep never started its first trial?)")
     task = _load_task(spec)
     init_ray(address)
     from mlflow import MlflowClient
 
     MlflowClient(uri).update_run(metadata["parent_run_id"], status="RUNNING")
-    tuner = tune.Tuner.restore(path, trainable=_trainable(spec, task), resume_unfinished=True,
-                               resume_errored=True)
+    tuner = tune.Tuner.restore(inner, trainable=_trainable(spec, task), resume_unfinished=True,
+                               resume_errored=True, storage_filesystem=filesystem)
     return _fit_and_finish(tuner, spec, metadata, None, report_dir)
 
 
@@ -248,33 +283,23 @@ def _mark_interrupted(client, metadata: dict, callback: MLflowTrialCallback | No
 
 
 def _write_metadata(path: str, metadata: dict) -> None:
-    if "://" in path:
-        import pyarrow.fs
-
-        filesystem, inner = pyarrow.fs.FileSystem.from_uri(path)
-        filesystem.create_dir(inner, recursive=True)
-        with filesystem.open_output_stream(f"{inner}/{METADATA_FILE}") as stream:
-            stream.write(json.dumps(metadata, indent=1).encode())
-        return
-    Path(path).mkdir(parents=True, exist_ok=True)
-    (Path(path) / METADATA_FILE).write_text(json.dumps(metadata, indent=1))
+    filesystem, inner = _open_storage(path)
+    filesystem.create_dir(inner, recursive=True)
+    with filesystem.open_output_stream(f"{inner}/{METADATA_FILE}") as stream:
+        stream.write(json.dumps(metadata, indent=1).encode())
 
 
 def read_metadata(name_or_path: str, storage: str | None = None) -> dict:
-    """Find a sweep by its name (under --storage or ./wcrnn_runs) or by its experiment directory."""
+    """Find a sweep by its name (under --storage, $WCRNN_STORAGE or ./wcrnn_runs) or by its directory."""
     candidates = [name_or_path, f"{storage_root(storage)}/{name_or_path}"]
     for candidate in candidates:
-        if "://" in candidate:
-            import pyarrow.fs
-
-            try:
-                filesystem, inner = pyarrow.fs.FileSystem.from_uri(candidate)
-                with filesystem.open_input_stream(f"{inner}/{METADATA_FILE}") as stream:
-                    return json.loads(stream.read())
-            except (OSError, ValueError):
-                continue
-        file = Path(candidate) / METADATA_FILE
-        if file.is_file():
-            return json.loads(file.read_text())
+        if "://" not in candidate:
+            candidate = str(Path(candidate).resolve())
+        try:
+            filesystem, inner = _open_storage(candidate)
+            with filesystem.open_input_stream(f"{inner}/{METADATA_FILE}") as stream:
+                return json.loads(stream.read())
+        except (OSError, ValueError):
+            continue
     raise ConfigError(f"no sweep {name_or_path!r} found (looked for {METADATA_FILE} in "
                       f"{' and '.join(candidates)}); pass the sweep's directory or --storage")

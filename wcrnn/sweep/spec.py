@@ -42,10 +42,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _finite(value: float, what: str) -> float:
+def _finite(value: float, what: str) -> None:
     if not math.isfinite(value):
         raise ValueError(f"{what} must be a finite number, got {value}")
-    return value
 
 
 class Uniform(_Strict):
@@ -55,7 +54,8 @@ class Uniform(_Strict):
 
     @model_validator(mode="after")
     def _check(self):
-        _finite(self.low, "low"), _finite(self.high, "high")
+        _finite(self.low, "low")
+        _finite(self.high, "high")
         if not self.low < self.high:
             raise ValueError(f"low ({self.low}) must be < high ({self.high})")
         return self

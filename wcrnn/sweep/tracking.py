@@ -29,7 +29,7 @@ from typing import Any, Callable
 from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from ..errors import ConfigError
+from ..errors import ServiceUnavailable
 from .spec import SweepSpec
 from .trainable import trial_outcome
 
@@ -83,7 +83,7 @@ def check_tracking_server(uri: str) -> None:
             MlflowClient(uri).search_experiments(max_results=1)
     except Exception as error:  # connection refused, DNS, auth, bad URI
         reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"tracking.uri: cannot reach the MLflow tracking store at {uri} ({reason}). "
+        raise ServiceUnavailable(f"tracking.uri: cannot reach the MLflow tracking store at {uri} ({reason}). "
                           "Start the server, fix --tracking-uri, or omit it to use the local database") from None
 
 
@@ -277,7 +277,8 @@ class MLflowTrialCallback(Callback):
         metrics = [Metric(key, float(value), stamp, step) for key, value in result.items()
                    if key not in _NOT_METRICS and isinstance(value, (int, float)) and not isinstance(value, bool)
                    and math.isfinite(value)]
-        tags = [RunTag("wcrnn.node_ip", str(result.get("node_ip", ""))), RunTag("wcrnn.last_epoch", str(step))]
+        tags = [RunTag("wcrnn.node_ip", str(result.get("node_ip", ""))), RunTag("wcrnn.last_epoch", str(step)),
+                RunTag("wcrnn.node_id", str(result.get("node_id", "")))]
         if result.get("status") == "diverged":
             tags.append(RunTag(STATUS_TAG, "diverged"))
         self.writer.submit(lambda c: c.log_batch(run_id, metrics=metrics, tags=tags), f"epoch {step} of {run_id}")

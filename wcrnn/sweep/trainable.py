@@ -53,11 +53,12 @@ def wcrnn_trial(config: dict, spec_json: str, task) -> None:
     cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))
     settings = spec.trial_run_config(config)
+    node_id = _node_id()
     gpu_assigned = bool(_assigned_gpus())
     settings.training.device = "cuda" if gpu_assigned and torch.cuda.is_available() else "cpu"
 
     def report(metrics: dict, save) -> bool:
-        values = tune_metrics(metrics, spec)
+        values = {**tune_metrics(metrics, spec), "node_id": node_id}
         if metrics.get("status") == DIVERGED:
             tune.report(values)
             return True
@@ -74,6 +75,15 @@ def wcrnn_trial(config: dict, spec_json: str, task) -> None:
             (local / CHECKPOINT_FILE).write_bytes((Path(folder) / CHECKPOINT_FILE).read_bytes())
             resume_from = local / CHECKPOINT_FILE
     train(settings, callback=report, resume_from=resume_from, task=task)
+
+
+def _node_id() -> str:
+    import ray
+
+    try:
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # not inside a Ray worker
+        return ""
 
 
 def _assigned_gpus() -> list:
