@@ -264,3 +264,15 @@ def test_unreachable_cluster_and_tracking_server_fail_fast_and_clearly(tmp_path)
     assert done.returncode == 1 and "cannot reach the MLflow tracking store" in done.stderr
     assert not (tmp_path / "wcrnn_runs").exists()  # nothing started
     assert time.monotonic() - started < 90
+
+
+def test_run_from_a_cluster_node_with_an_explicit_address(cluster):
+    spec = spec_file(cluster, "node-sweep", trials=2, epochs=1)
+    done = wcrnn(cluster, "sweep", "run", str(spec), "--address", f"127.0.0.1:{cluster['gcs']}", "--tracking-uri",
+                 cluster["tracking"], "--storage", str(cluster["base"] / "shared-storage"), "--json")
+    assert done.stdout.lstrip().startswith("{"), done.stdout[:2000]
+    summary = json.loads(done.stdout)
+    assert summary["counts"] == {"finished": 2}
+    client = MlflowClient(cluster["tracking"])
+    parent = client.get_run(summary["parent_run_id"])
+    assert parent.data.tags["wcrnn.ray_address"] == f"127.0.0.1:{cluster['gcs']}"

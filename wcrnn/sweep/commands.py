@@ -181,6 +181,8 @@ def submit(
         print_json(info)
         return
     typer.echo(info["job_id"])
+    if info.get("warning"):
+        err.print(f"[yellow]warning:[/] {info['warning']}", highlight=False)
     err.print(f"submitted sweep as Ray Job {info['job_id']}", highlight=False)
     err.print(f"  Ray dashboard: {info['dashboard']}", highlight=False)
     err.print(f"  MLflow:        {info['mlflow_experiment'] or 'the cluster default MLFLOW_TRACKING_URI'}", highlight=False)

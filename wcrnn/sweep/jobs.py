@@ -80,9 +80,18 @@ def submit_sweep(spec: SweepSpec, address: str | None, tracking_uri: str | None 
             raise ConfigError(f"the cluster refused the job: {str(error).strip().splitlines()[0]}") from None
     dashboard = client.get_address()
     tracking = env.get("MLFLOW_TRACKING_URI")
+    warning = None
+    if tracking and _is_loopback(tracking) and not _is_loopback(dashboard):
+        warning = (f"the job will log to {tracking}, which on the cluster means the cluster node itself; "
+                   "pass --tracking-uri with an address the cluster can reach (e.g. http://mlflow:5000)")
     return {"job_id": job_id, "dashboard": f"{dashboard}/#/jobs/{job_id}", "tracking_uri": tracking,
             "mlflow_experiment": experiment_url(tracking, spec.experiment_name) if tracking else None,
-            "experiment": spec.experiment_name}
+            "experiment": spec.experiment_name, "warning": warning}
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlparse(url if "://" in url else f"http://{url}").hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def experiment_url(tracking_uri: str, experiment: str) -> str:
