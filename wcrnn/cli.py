@@ -10,9 +10,7 @@ Bad input prints one line per problem on stderr and exits 2; missing data or che
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -106,8 +104,6 @@ def lyapunov(
     """Lyapunov spectrum (QR method) of a model driven by a task's inputs, with the theory for linear residuals."""
 
     def action():
-        import torch
-
         from .checkpoint import load_checkpoint
         from .config import apply_overrides, validate_run_config
         from .dynamics import lyapunov_spectrum
@@ -162,7 +158,6 @@ def lyapunov(
                 err.print(f"theory (log|eig R|): max {predicted[0]:.5f}; max deviation "
                           f"{result['max_deviation_from_theory']:.2e}", highlight=False)
             typer.echo(" ".join(f"{v:.5f}" for v in spectrum.exponents))
-        del torch
 
     run_guarded(action)
 

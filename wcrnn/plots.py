@@ -49,18 +49,6 @@ def plot_power_spectrum(frequencies: Sequence[float], power: Sequence[float], pa
     return save_figure(figure, path)
 
 
-def plot_learning_curves(history: Sequence[dict], path, metrics: Sequence[str] = ("train_loss", "val_loss"),
-                         title: str = "Learning curves") -> Path:
-    figure, axis = plt.subplots(figsize=(6, 4))
-    epochs = [row["epoch"] for row in history]
-    for name in metrics:
-        values = [row.get(name, math.nan) for row in history]
-        axis.plot(epochs, values, marker="o", ms=3, label=name)
-    axis.set(xlabel="epoch", ylabel="value", title=title)
-    axis.legend()
-    return save_figure(figure, path)
-
-
 def plot_curves(curves: dict[str, Sequence[tuple[float, float]]], path, ylabel: str, title: str = "") -> Path:
     """One line per named curve of (step, value) points, e.g. each trial's validation metric per epoch."""
     figure, axis = plt.subplots(figsize=(6, 4))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import nn
 
 
@@ -24,6 +23,3 @@ def gradient_norms(model: nn.Module) -> dict[str, float]:
             recurrent += squared
     return {"grad_norm": math.sqrt(total), "recurrent_grad_norm": math.sqrt(recurrent)}
 
-
-def per_parameter_gradient_norms(model: nn.Module) -> dict[str, float]:
-    return {name: float(p.grad.detach().norm()) for name, p in model.named_parameters() if p.grad is not None}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import RecurrentCore, SequenceModel, recurrent_parameter_names
+from .base import RecurrentCore, SequenceModel
 from .complex_diagonal import ComplexDiagonalRNN
 from .config import (MODEL_NAMES, ComplexDiagonalConfig, ElmanConfig, GRUConfig, LinearConfig,
                      LRUConfig, LSTMConfig, ModelConfig, ModelConfigAdapter, WCRNNConfig)
@@ -71,5 +71,5 @@ __all__ = [
     "GRUConfig", "LSTMConfig", "LRUConfig", "ComplexDiagonalConfig", "LinearConfig", "RecurrentCore",
     "SequenceModel", "WCRNN", "ElmanRNN", "GRU", "LSTM", "LRU", "ComplexDiagonalRNN", "LinearRNN",
     "Residual", "build_residual", "build_core", "build_model", "parse_model_config",
-    "predicted_exponents", "recurrent_parameter_names",
+    "predicted_exponents",
 ]

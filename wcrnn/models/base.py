@@ -66,11 +66,6 @@ class RecurrentCore(nn.Module):
         jacobian_times = vmap(lambda q: jvp(step, (state,), (q,))[1], in_dims=2, out_dims=2)
         return step(state), jacobian_times(tangents)
 
-    def step_jacobian(self, state: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
-        """Dense Jacobian dF/ds (B, S, S): J applied to the identity."""
-        eye = torch.eye(self.state_size, device=state.device, dtype=state.dtype)
-        return self.step_with_tangents(state, x_t, eye.expand(state.shape[0], -1, -1))[1]
-
 
 class SequenceModel(nn.Module):
     """A recurrent core with a linear readout from the last state or from every state."""
@@ -92,7 +87,3 @@ class SequenceModel(nn.Module):
         y = self.readout(features)
         return y if self.input_skip is None else y + self.input_skip(x)
 
-
-def recurrent_parameter_names(model: nn.Module) -> list[str]:
-    """Names of the parameters of the recurrent core (not the readout), for gradient diagnostics."""
-    return [name for name, p in model.named_parameters() if p.requires_grad and name.startswith("core.")]

@@ -157,17 +157,5 @@ def _job_info(client, job_id: str):
         raise
 
 
-def wait_for_job(address: str | None, job_id: str, timeout: float, poll: float = 2.0) -> str:
-    """Wait until a job ends; returns its final status."""
-    client = job_client(address)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = str(client.get_job_status(job_id).value)
-        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
-            return status
-        time.sleep(poll)  # a Ray Job has no blocking wait
-    raise TimeoutError(f"job {job_id} still running after {timeout:.0f} s")
-
-
-__all__ = ["submit_sweep", "job_status", "job_logs", "stop_job", "list_jobs", "wait_for_job", "job_client",
+__all__ = ["submit_sweep", "job_status", "job_logs", "stop_job", "list_jobs", "job_client",
            "FORWARDED_ENV"]

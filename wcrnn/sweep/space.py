@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .spec import Categorical, IntRange, LogUniform, SweepSpec, Uniform, parameter_applies
+from .spec import Categorical, IntRange, LogUniform, SweepSpec, parameter_applies
 
 
 class DefineByRun:
