@@ -20,7 +20,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ..errors import ConfigError, ServiceUnavailable
-from .spec import SweepSpec
+from .spec import SweepSpec, metric_mode
 from .tracking import MLflowTrialCallback, SweepTracker, check_tracking_server, default_tracking_uri
 
 METADATA_FILE = "wcrnn-sweep.json"
@@ -208,7 +208,7 @@ def run_sweep(spec: SweepSpec, spec_text: str, *, address: str | None = None, tr
             failure_config=tune.FailureConfig(max_failures=spec.budget.max_failures),
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=spec.checkpoints.num_to_keep, checkpoint_score_attribute=spec.checkpoint_metric,
-                checkpoint_score_order="max" if "accuracy" in spec.checkpoint_metric else "min")),
+                checkpoint_score_order=metric_mode(spec.checkpoint_metric))),
     )
     return _fit_and_finish(tuner, spec, metadata, callback, report_dir)
 

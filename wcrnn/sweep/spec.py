@@ -292,6 +292,11 @@ _KIND_OF_TASK = {"smnist": "classification", "psmnist": "classification", "scifa
 _LYAPUNOV_METRICS = {"max_lyapunov", "mean_lyapunov"}
 
 
+def metric_mode(metric: str) -> str:
+    """Whether a metric is better high ("max": accuracies) or low ("min": losses, MSE, exponents)."""
+    return "max" if metric.endswith("accuracy") else "min"
+
+
 def produced_metrics(spec: "SweepSpec") -> set[str]:
     metrics = set(_METRICS_BY_KIND[_KIND_OF_TASK.get(spec.task.get("name"), "regression")])
     if spec.lyapunov.every:
@@ -311,7 +316,7 @@ def check_sweep(spec: "SweepSpec") -> list[str]:
     """Every problem with the spec as a whole, as 'field.path: message' lines."""
     problems: list[str] = []
     problems += _check_metric(spec.objective.metric, "objective.metric", spec)
-    expected_mode = "max" if spec.objective.metric.endswith("accuracy") else "min"
+    expected_mode = metric_mode(spec.objective.metric)
     if not problems and spec.objective.mode != expected_mode:
         problems.append(f"objective.mode: {spec.objective.metric} should be maximised/minimised: use mode: {expected_mode}")
     if spec.checkpoints.metric:

@@ -30,7 +30,7 @@ from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from ..errors import ServiceUnavailable
-from .spec import SweepSpec
+from .spec import SweepSpec, metric_mode
 from .trainable import trial_outcome
 
 log = logging.getLogger("wcrnn.sweep")
@@ -195,16 +195,20 @@ class MLflowTrialCallback(Callback):
         self.best: dict[str, float] = {}  # trial_id -> best checkpoint metric so far
         self.last: dict[str, dict] = {}  # trial_id -> last result
         self._writer: _Writer | None = None
+        self._spec: SweepSpec | None = None
 
-    # Tune pickles callbacks with the experiment; threads and clients are rebuilt on demand.
+    # Tune pickles callbacks with the experiment; threads, clients and the parsed spec are rebuilt on demand.
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_writer"] = None
+        state["_writer"] = state["_spec"] = None
         return state
 
     @property
     def spec(self) -> SweepSpec:
-        return SweepSpec.model_validate_json(self.spec_json)
+        # Parsing validates the whole search space: do it once, not on every Tune event.
+        if self._spec is None:
+            self._spec = SweepSpec.model_validate_json(self.spec_json)
+        return self._spec
 
     @property
     def writer(self) -> _Writer:
@@ -309,7 +313,7 @@ class MLflowTrialCallback(Callback):
         value = result.get(metric)
         if not isinstance(value, (int, float)) or not math.isfinite(value):
             return
-        sign = 1 if ("accuracy" in metric) else -1
+        sign = 1 if metric_mode(metric) == "max" else -1
         best = self.best.get(trial.trial_id)
         if best is not None and sign * value <= sign * best:
             return

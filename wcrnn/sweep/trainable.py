@@ -18,7 +18,7 @@ import torch
 
 from ..checkpoint import CHECKPOINT_FILE
 from ..train import train
-from .spec import SweepSpec
+from .spec import SweepSpec, metric_mode
 
 DIVERGED = "diverged"
 
@@ -41,7 +41,7 @@ def tune_metrics(metrics: dict, spec: SweepSpec) -> dict:
     if metrics.get("status") == DIVERGED:
         report[spec.objective.metric] = worst_value(spec.objective.mode)
         if spec.checkpoint_metric != spec.objective.metric:
-            report[spec.checkpoint_metric] = worst_value("min" if "accuracy" not in spec.checkpoint_metric else "max")
+            report[spec.checkpoint_metric] = worst_value(metric_mode(spec.checkpoint_metric))
     return report
 
 
