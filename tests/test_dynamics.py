@@ -140,3 +140,36 @@ def test_gradient_norms_separate_recurrent_parameters():
     readout = math.sqrt(sum(float(p.grad.pow(2).sum()) for n, p in model.named_parameters() if n.startswith("readout")))
     assert norms["grad_norm"] == pytest.approx(math.hypot(norms["recurrent_grad_norm"], readout), rel=1e-5)
     assert norms["recurrent_grad_norm"] > 0
+
+
+def test_auto_interval_matches_every_step_and_saves_most_qrs_on_a_weakly_coupled_network():
+    core = wcrnn_core(residual="rotational", r=0.99, phi0=0.3, gamma=0.05, hidden_size=32)
+    inputs = random_inputs(sequences=4, steps=800)
+    every_step = lyapunov_spectrum(core, inputs, warmup=100, ons_interval=1)
+    auto = lyapunov_spectrum(core, inputs, warmup=100)
+    assert auto.exponents == pytest.approx(every_step.exponents, abs=1e-6)
+    assert every_step.orthonormalisations == 800
+    assert auto.orthonormalisations < 800 / 8
+
+
+@pytest.mark.parametrize("dtype, most_steps", [(torch.float32, 0.9), (torch.float64, 0.3)])
+def test_auto_interval_stays_short_on_a_wide_chaotic_spectrum(dtype, most_steps):
+    # the spread is several nats per step, so float32 (budget e^5) must re-orthonormalise nearly every step
+    core, inputs = chaotic_core().to(dtype), 0.1 * random_inputs(sequences=2, steps=600).to(dtype)
+    every_step = lyapunov_spectrum(core, inputs, warmup=100, ons_interval=1)
+    auto = lyapunov_spectrum(core, inputs, warmup=100)
+    assert auto.exponents == pytest.approx(every_step.exponents, rel=1e-4, abs=1e-4)
+    assert auto.orthonormalisations > most_steps * 600
+
+
+def test_auto_interval_in_float32_stays_accurate_on_the_linear_residual_check():
+    core = build_model({"name": "wcrnn", "hidden_size": 64, "residual": "homogeneous", "r": 0.95, "gamma": 1e-3},
+                       1, 1, seed=0).core
+    spectrum = lyapunov_spectrum(core, random_inputs(sequences=4, steps=784).float(), warmup=0)
+    assert max(abs(e - math.log(0.95)) for e in spectrum.exponents) < 1e-3
+
+
+@pytest.mark.parametrize("interval", [0, -1, 2.5, "sometimes"])
+def test_bad_ons_interval_is_refused(interval):
+    with pytest.raises(ValueError, match="ons_interval"):
+        lyapunov_spectrum(wcrnn_core(), random_inputs(steps=10), ons_interval=interval)

@@ -76,6 +76,14 @@ def _range(text: Optional[str], flag: str):
     return [low, high]
 
 
+def _ons_interval(text: str):
+    if text == "auto":
+        return "auto"
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise ConfigError(f"--ons-interval {text!r}: expected 'auto' or a whole number >= 1, e.g. --ons-interval 4")
+
+
 @app.command()
 def lyapunov(
     model: str = typer.Option("wcrnn", help="Model: wcrnn, elman, gru, lstm, lru, complex_diagonal, linear."),
@@ -94,7 +102,7 @@ def lyapunov(
     checkpoint: Optional[Path] = typer.Option(None, help="Measure a trained model from this checkpoint (its config is used)."),
     sequences: int = typer.Option(8, min=1, help="Input sequences to average over."),
     warmup: Optional[int] = typer.Option(None, min=0, help="Steps not counted (default: a quarter of the sequence)."),
-    ons_interval: int = typer.Option(1, min=1, help="Re-orthonormalise every this many steps."),
+    ons_interval: str = typer.Option("auto", help="Re-orthonormalise every this many steps, or 'auto': as rarely as the spread of the spectrum allows."),
     exponents: Optional[int] = typer.Option(None, min=1, help="Top-k exponents (default: full spectrum)."),
     seed: int = typer.Option(0, help="Seed for the model initialisation and tangent vectors."),
     overrides: Optional[List[str]] = typer.Option(None, "--set", help="Override task/model fields, e.g. --set task.length=200."),
@@ -137,12 +145,13 @@ def lyapunov(
         start = warmup if warmup is not None else steps // 4
         if start >= steps:
             raise ConfigError(f"--warmup {start} must be shorter than the sequences ({steps} steps)")
-        spectrum = lyapunov_spectrum(network.core, inputs, exponents, start, ons_interval, seed)
+        interval = _ons_interval(ons_interval)
+        spectrum = lyapunov_spectrum(network.core, inputs, exponents, start, interval, seed)
         predicted = predicted_exponents(network)
         if predicted is not None and exponents:
             predicted = predicted[:exponents]
         result = {"model": settings.model.model_dump(mode="json"), "task": settings.task.name,
-                  **spectrum.to_dict(), "predicted": predicted, "warmup": start, "ons_interval": ons_interval}
+                  **spectrum.to_dict(), "predicted": predicted, "warmup": start, "ons_interval": interval}
         if predicted is not None:
             result["max_deviation_from_theory"] = max(abs(a - b) for a, b in zip(spectrum.exponents, predicted))
         if plot is not None:

@@ -14,10 +14,10 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from .errors import ConfigError, config_error
 from .models.config import ModelConfig, WCRNNConfig
@@ -36,7 +36,8 @@ class LyapunovSettings(_Strict):
     num_exponents: Optional[int] = Field(None, gt=0, description="Top-k exponents (default: the full spectrum).")
     num_sequences: int = Field(8, gt=0, description="Validation sequences to average over.")
     warmup: Optional[int] = Field(None, ge=0, description="Steps not counted (default: a quarter of the sequence).")
-    ons_interval: int = Field(1, gt=0, description="Re-orthonormalise every this many steps.")
+    ons_interval: Union[Literal["auto"], PositiveInt] = Field(
+        "auto", description="Re-orthonormalise every this many steps; auto: as rarely as the spread of the spectrum allows.")
 
 
 class TrainingConfig(_Strict):

@@ -21,6 +21,8 @@ from typing import Literal, Sequence
 import torch
 from torch import nn
 
+from .recurrence import ResidualCoefficients
+
 ResidualKind = Literal["none", "homogeneous", "rotational", "heterogeneous", "nonlinear"]
 RESIDUAL_KINDS: tuple[str, ...] = ("none", "homogeneous", "rotational", "heterogeneous", "nonlinear")
 CHARACTERISTIC_FREQUENCY_SMNIST = 2 * math.pi / 28  # one image row per cycle, rad/step
@@ -81,13 +83,12 @@ def _as_range(field: str, values: Sequence[float]) -> tuple[float, float]:
 
 
 class Residual(nn.Module):
-    """Base class. `jacobian_product(h, Q)` returns (dR/dh at h) @ Q for Q of shape (B, N, k)."""
+    """Base class. `jacobian(h)` is dR/dh at h: the matrix R (N, N) for a linear residual."""
 
     is_linear = True
 
-    def jacobian_product(self, h: torch.Tensor, tangents: torch.Tensor) -> torch.Tensor:
-        # For a linear residual the Jacobian is R itself: apply R to every tangent column.
-        return self(tangents.transpose(1, 2)).transpose(1, 2)
+    def jacobian(self, h: torch.Tensor) -> torch.Tensor:
+        return self.matrix()
 
     def matrix(self) -> torch.Tensor:
         """Dense N×N matrix of a linear residual (for initialising Elman RNNs and theory)."""
@@ -102,6 +103,10 @@ class Residual(nn.Module):
             return None
         moduli = self.eigenvalues().abs().clamp_min(1e-300)
         return sorted(torch.log(moduli).tolist(), reverse=True)
+
+    def coefficients(self) -> ResidualCoefficients:
+        """R in the element-wise form the fast recurrence (recurrence.py) runs on."""
+        raise NotImplementedError(f"{type(self).__name__} must define coefficients()")
 
     def _device(self):
         return next((t.device for t in self.buffers()), None) or next(
@@ -119,6 +124,9 @@ class NoResidual(Residual):
     def forward(self, h):
         return torch.zeros_like(h)
 
+    def coefficients(self):
+        return ResidualCoefficients("diagonal", self._anchor.new_zeros(self.hidden_size))
+
 
 class DiagonalResidual(Residual):
     """R(h) = diag(r_i)·h: homogeneous (all r_i = r) or heterogeneous magnitudes."""
@@ -134,6 +142,9 @@ class DiagonalResidual(Residual):
 
     def forward(self, h):
         return h * self.magnitude
+
+    def coefficients(self):
+        return ResidualCoefficients("diagonal", self.magnitude)
 
 
 class RotationalResidual(Residual):
@@ -157,6 +168,9 @@ class RotationalResidual(Residual):
         first, second = pairs[..., 0], pairs[..., 1]
         return torch.stack((cos * first - sin * second, sin * first + cos * second), dim=-1).flatten(-2)
 
+    def coefficients(self):
+        return ResidualCoefficients("rotation", torch.polar(self.magnitude, self.angle))
+
 
 class TanhResidual(Residual):
     """R(h) = r·tanh(h): near h = 0 it is the homogeneous residual r·h; for large activity it
@@ -177,9 +191,11 @@ class TanhResidual(Residual):
     def forward(self, h):
         return self.magnitude * torch.tanh(h)
 
-    def jacobian_product(self, h, tangents):
-        slope = self.magnitude * (1 - torch.tanh(h) ** 2)
-        return slope.unsqueeze(-1) * tangents
+    def coefficients(self):
+        return ResidualCoefficients("tanh", self.magnitude.expand(self.hidden_size))
+
+    def jacobian(self, h):
+        return torch.diag_embed(self.magnitude * (1 - torch.tanh(h) ** 2))  # (B, N, N)
 
 
 def build_residual(

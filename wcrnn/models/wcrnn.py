@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .base import RecurrentCore
+from .recurrence import wcrnn_recurrence
 from .residuals import Residual
 
 
@@ -78,6 +79,16 @@ class WCRNN(RecurrentCore):
         return self.residual(state) + self.gamma * self.activation(pre)
 
     def forward(self, x, state=None):
+        """All states (B, T, N), by the fast recurrence (same results as reference_forward)."""
+        if state is None:
+            state = self.initial_state(x.shape[0], x.device, x.dtype)
+        driven = F.linear(x.transpose(0, 1), self.input_weight, self.bias)  # U x_t + b, time-major
+        states = wcrnn_recurrence(driven.contiguous(), self.coupling_matrix(), state, self.gamma,
+                                  self.residual.coefficients(), self.nonlinearity)
+        return states.transpose(0, 1)
+
+    def reference_forward(self, x, state=None):
+        """The plain loop over time with autograd at every step: the definition the fast path is tested against."""
         if state is None:
             state = self.initial_state(x.shape[0], x.device, x.dtype)
         driven = F.linear(x, self.input_weight, self.bias)  # U x_t + b for all t at once
@@ -93,4 +104,5 @@ class WCRNN(RecurrentCore):
         pre = F.linear(state, coupling) + F.linear(x_t, self.input_weight, self.bias)
         new_state = self.residual(state) + self.gamma * self.activation(pre)
         slope = (self.gamma * self.activation_slope(pre)).unsqueeze(-1)
-        return new_state, self.residual.jacobian_product(state, tangents) + slope * (coupling @ tangents)
+        jacobian = torch.addcmul(self.residual.jacobian(state), slope, coupling)  # (B, N, N), one per sequence
+        return new_state, jacobian @ tangents

@@ -29,7 +29,7 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from ..config import RunConfig, TrainingConfig, read_mapping, set_path
 from ..errors import ConfigError, describe_validation_error
@@ -160,7 +160,8 @@ class Lyapunov(_Strict):
     num_exponents: Optional[int] = Field(None, gt=0, description="Top-k exponents (default: the full spectrum).")
     num_sequences: int = Field(8, gt=0, le=100_000)
     warmup: Optional[int] = Field(None, ge=0)
-    ons_interval: int = Field(4, gt=0)
+    ons_interval: Union[Literal["auto"], PositiveInt] = Field(
+        "auto", description="Re-orthonormalise every this many steps; auto: as rarely as the spread of the spectrum allows.")
 
 
 class Checkpoints(_Strict):

@@ -1,0 +1,99 @@
+"""The fast WCRNN recurrence (hand-written backward pass) against the plain autograd loop."""
+
+import pytest
+import torch
+
+from wcrnn.models import build_core
+from wcrnn.models.recurrence import ResidualCoefficients, wcrnn_recurrence
+
+RESIDUALS = {
+    "homogeneous": {"residual": "homogeneous", "r": 0.95},
+    "rotational": {"residual": "rotational", "r": 0.99, "phi0": 0.3, "phi_spread": 0.2},
+    "heterogeneous": {"residual": "heterogeneous", "r_range": [0.7, 1.0]},
+    "heterogeneous_angles": {"residual": "heterogeneous", "r_range": [0.7, 1.0], "phi_range": [0.1, 1.2]},
+    "nonlinear": {"residual": "nonlinear", "r": 0.9},
+    "none": {"residual": "none"},
+}
+
+
+def core_for(residual, nonlinearity="tanh", heads=1, hidden_size=16, gamma=0.3, trainable=True, seed=0):
+    torch.manual_seed(seed)
+    return build_core({"name": "wcrnn", "hidden_size": hidden_size, "gamma": gamma, "heads": heads,
+                       "nonlinearity": nonlinearity, "trainable_residual": trainable and residual != "none",
+                       **RESIDUALS[residual]}, 3)
+
+
+def values_and_gradients(core, forward, inputs, initial_state, output_weights):
+    core.zero_grad()
+    initial_state = initial_state.clone().requires_grad_()
+    states = forward(inputs, initial_state)
+    (states * output_weights).sum().backward()
+    gradients = {name: p.grad.clone() for name, p in core.named_parameters()}
+    return states.detach(), initial_state.grad, gradients
+
+
+@pytest.mark.parametrize("heads", [1, 4])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("residual", list(RESIDUALS))
+def test_fast_recurrence_equals_the_reference_loop_values_and_gradients(residual, nonlinearity, heads):
+    core = core_for(residual, nonlinearity, heads).double()
+    generator = torch.Generator().manual_seed(1)
+    inputs = torch.randn(5, 30, 3, generator=generator, dtype=torch.float64)
+    initial_state = torch.randn(5, 16, generator=generator, dtype=torch.float64)
+    output_weights = torch.randn(5, 30, 16, generator=generator, dtype=torch.float64)
+    fast = values_and_gradients(core, core.forward, inputs, initial_state, output_weights)
+    reference = values_and_gradients(core, core.reference_forward, inputs, initial_state, output_weights)
+    torch.testing.assert_close(fast[0], reference[0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fast[1], reference[1], rtol=1e-10, atol=1e-12)
+    assert fast[2].keys() == reference[2].keys()
+    for name in fast[2]:
+        assert fast[2][name].abs().sum() > 0, f"{name} got no gradient"
+        torch.testing.assert_close(fast[2][name], reference[2][name], rtol=1e-9, atol=1e-11, msg=name)
+
+
+@pytest.mark.parametrize("residual", ["homogeneous", "rotational", "heterogeneous_angles"])
+def test_float32_training_size_matches_the_reference_through_the_readout(residual):
+    # what training does: 200 steps, N = 64, loss from the last state only (readout="last")
+    core = core_for(residual, hidden_size=64, gamma=0.1, trainable=False)
+    inputs = torch.randn(8, 200, 3, generator=torch.Generator().manual_seed(2))
+    initial_state = torch.zeros(8, 64)
+    output_weights = torch.zeros(8, 200, 64)
+    output_weights[:, -1] = torch.randn(8, 64, generator=torch.Generator().manual_seed(3))
+    fast = values_and_gradients(core, core.forward, inputs, initial_state, output_weights)
+    reference = values_and_gradients(core, core.reference_forward, inputs, initial_state, output_weights)
+    torch.testing.assert_close(fast[0], reference[0], rtol=1e-5, atol=1e-5)
+    for name in fast[2]:
+        # float32 sums over 200 steps: both paths are ~1e-6 of the gradient's scale from the float64 truth
+        scale = reference[2][name].abs().max().item()
+        torch.testing.assert_close(fast[2][name], reference[2][name], rtol=0, atol=1e-5 * scale, msg=name)
+
+
+def test_inference_without_grad_gives_the_same_states():
+    core = core_for("rotational")
+    inputs = torch.randn(4, 25, 3)
+    with torch.no_grad():
+        without_grad = core(inputs)
+    torch.testing.assert_close(without_grad, core(inputs).detach())
+    torch.testing.assert_close(without_grad, core.reference_forward(inputs).detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["diagonal", "rotation", "tanh"])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_gradcheck_of_every_input_including_gamma_and_residual_coefficients(kind, nonlinearity):
+    generator = torch.Generator().manual_seed(4)
+    steps, batch, size = 6, 3, 4
+    as_input = lambda *shape, scale=1.0: (scale * torch.randn(*shape, generator=generator, dtype=torch.float64)
+                                          ).requires_grad_()  # noqa: E731
+    driven, coupling, initial_state = as_input(steps, batch, size), as_input(size, size, scale=0.5), as_input(batch, size)
+    gamma = torch.tensor(0.4, dtype=torch.float64, requires_grad=True)
+    if kind == "rotation":
+        coefficients = torch.polar(torch.tensor([0.9, 0.8], dtype=torch.float64),
+                                   torch.tensor([0.3, 1.1], dtype=torch.float64)).requires_grad_()
+    else:
+        coefficients = as_input(size, scale=0.5)
+
+    def run(driven, coupling, initial_state, gamma, coefficients):
+        return wcrnn_recurrence(driven, coupling, initial_state, gamma,
+                                ResidualCoefficients(kind, coefficients), nonlinearity)
+
+    assert torch.autograd.gradcheck(run, (driven, coupling, initial_state, gamma, coefficients))
