@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv run demo test clean
+.PHONY: venv run demo test bench clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,10 @@ demo: $(STAMP)
 ## The whole test suite (what CI runs).
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## Benchmarks (a few minutes): writes benchmarks/results/benchmark.{json,md}; not part of the tests.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

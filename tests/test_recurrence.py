@@ -36,11 +36,15 @@ def values_and_gradients(core, forward, inputs, initial_state, output_weights):
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 @pytest.mark.parametrize("residual", list(RESIDUALS))
 def test_fast_recurrence_equals_the_reference_loop_values_and_gradients(residual, nonlinearity, heads):
-    core = core_for(residual, nonlinearity, heads).double()
+    assert_fast_path_equals_reference(core_for(residual, nonlinearity, heads).double(), state_size=16)
+
+
+def assert_fast_path_equals_reference(core, state_size):
+    """float64: values, initial-state and parameter gradients, every output step weighted."""
     generator = torch.Generator().manual_seed(1)
     inputs = torch.randn(5, 30, 3, generator=generator, dtype=torch.float64)
-    initial_state = torch.randn(5, 16, generator=generator, dtype=torch.float64)
-    output_weights = torch.randn(5, 30, 16, generator=generator, dtype=torch.float64)
+    initial_state = torch.randn(5, state_size, generator=generator, dtype=torch.float64)
+    output_weights = torch.randn(5, 30, state_size, generator=generator, dtype=torch.float64)
     fast = values_and_gradients(core, core.forward, inputs, initial_state, output_weights)
     reference = values_and_gradients(core, core.reference_forward, inputs, initial_state, output_weights)
     torch.testing.assert_close(fast[0], reference[0], rtol=1e-10, atol=1e-12)
@@ -97,3 +101,19 @@ def test_gradcheck_of_every_input_including_gamma_and_residual_coefficients(kind
                                 ResidualCoefficients(kind, coefficients), nonlinearity)
 
     assert torch.autograd.gradcheck(run, (driven, coupling, initial_state, gamma, coefficients))
+
+
+@pytest.mark.parametrize("name", ["lru", "complex_diagonal"])
+def test_diagonal_complex_models_fast_path_equals_the_reference_loop(name):
+    torch.manual_seed(0)
+    core = build_core({"name": name, "hidden_size": 8, "r_min": 0.5, "r_max": 0.99}, 3).double()
+    assert_fast_path_equals_reference(core, state_size=16)  # [Re h, Im h]
+
+
+def test_gradcheck_of_the_complex_diagonal_recurrence():
+    from wcrnn.models.recurrence import diagonal_linear_recurrence
+
+    generator = torch.Generator().manual_seed(6)
+    complex_input = lambda *shape: torch.randn(*shape, generator=generator, dtype=torch.complex128).requires_grad_()  # noqa: E731
+    eigenvalues = (0.6 * torch.randn(3, generator=generator, dtype=torch.complex128)).requires_grad_()
+    assert torch.autograd.gradcheck(diagonal_linear_recurrence, (eigenvalues, complex_input(7, 2, 3), complex_input(2, 3)))

@@ -25,6 +25,8 @@ from typing import Literal
 
 import torch
 
+from ..memory import reuse_freed_memory
+
 
 @dataclass
 class ResidualCoefficients:
@@ -57,6 +59,7 @@ def _as_pairs(real: torch.Tensor) -> torch.Tensor:
 class _Recurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, driven, coupling, initial_state, gamma, coefficients, kind, nonlinearity):
+        reuse_freed_memory()
         steps, batch, size = driven.shape
         keep_activations = any(ctx.needs_input_grad)
         coupling_t = coupling.t().contiguous()
@@ -133,3 +136,38 @@ class _Recurrence(torch.autograd.Function):
             else:
                 grad_coefficients = (total * saturated).sum((0, 1))
         return grad_pre, grad_coupling, carry, grad_gamma, grad_coefficients, None, None
+
+
+def diagonal_linear_recurrence(eigenvalues: torch.Tensor, drive: torch.Tensor,
+                               initial_state: torch.Tensor) -> torch.Tensor:
+    """h_t = λ ⊙ h_{t-1} + u_t for complex λ (N,), drive u (T, B, N) and h_0 (B, N); returns h_1..h_T.
+
+    The LRU's and the complex diagonal RNN's recurrence, by the same forward-without-autograd,
+    hand-written-backward scheme as the WCRNN: the backward pass is g_t = ∂L/∂h_t + conj(λ) g_{t+1}.
+    """
+    return _DiagonalLinearRecurrence.apply(eigenvalues, drive, initial_state)
+
+
+class _DiagonalLinearRecurrence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, eigenvalues, drive, initial_state):
+        reuse_freed_memory()
+        steps = drive.shape[0]
+        states = drive.new_empty(steps + 1, *drive.shape[1:])  # states[0] = h_0
+        states[0] = initial_state
+        for t in range(steps):
+            torch.mul(states[t], eigenvalues, out=states[t + 1]).add_(drive[t])
+        ctx.save_for_backward(eigenvalues, states)
+        return states[1:]
+
+    @staticmethod
+    def backward(ctx, grad_states):
+        eigenvalues, states = ctx.saved_tensors
+        conjugate = eigenvalues.conj()
+        total = torch.empty_like(states[1:])  # g_t = ∂L/∂h_t, every path
+        total[-1] = grad_states[-1]
+        for t in range(total.shape[0] - 1, 0, -1):
+            torch.mul(total[t], conjugate, out=total[t - 1]).add_(grad_states[t - 1])
+        grad_eigenvalues = (total * states[:-1].conj()).sum((0, 1)) if ctx.needs_input_grad[0] else None
+        grad_initial = total[0] * conjugate if ctx.needs_input_grad[2] else None
+        return grad_eigenvalues, total, grad_initial

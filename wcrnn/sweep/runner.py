@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import subprocess
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -37,6 +38,9 @@ class SweepResult:
     counts: dict = field(default_factory=dict)  # status -> number of trials
     best: dict = field(default_factory=dict)  # best trial: run_id, trial_id, params, metrics
     report_dir: str | None = None
+    trial_seconds: float = 0.0  # sum of the trials' own run times (Tune's time_total_s)
+    tracking_seconds: float = 0.0  # time the driver spent on MLflow logging, rendering included (0 after a resume)
+    rendering_seconds: float = 0.0  # of which drawing plots for MLflow
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -124,6 +128,14 @@ def init_ray(address: str | None) -> str:
     return address or "local"
 
 
+def _single_node() -> bool:
+    """Reuse trial workers on one machine (saves each trial a process start, ~2 s of a short trial);
+    on a cluster give each trial a fresh worker, so that trials spread over the nodes with free resources."""
+    import ray
+
+    return sum(1 for node in ray.nodes() if node.get("Alive")) <= 1
+
+
 def _searcher(spec: SweepSpec):
     import optuna
     from ray.tune.search import ConcurrencyLimiter
@@ -202,7 +214,7 @@ def run_sweep(spec: SweepSpec, spec_text: str, *, address: str | None = None, tr
         tune_config=tune.TuneConfig(
             metric=spec.objective.metric, mode=spec.objective.mode, search_alg=_searcher(spec),
             scheduler=_scheduler(spec), num_samples=spec.budget.num_trials,
-            time_budget_s=spec.budget.time_budget_s, reuse_actors=False),
+            time_budget_s=spec.budget.time_budget_s, reuse_actors=_single_node()),
         run_config=tune.RunConfig(
             name=spec.name, storage_path=storage_path, storage_filesystem=filesystem, verbose=0, callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=spec.budget.max_failures),
@@ -250,6 +262,7 @@ def _fit_and_finish(tuner, spec: SweepSpec, metadata: dict, callback: MLflowTria
     from .report import finish_parent_run
 
     client = MlflowClient(metadata["tracking_uri"])
+    threading.Thread(target=_import_report_libraries, name="wcrnn-report-imports", daemon=True).start()
     try:
         results = tuner.fit()  # the tracking callback flushes its writes in on_experiment_end
     except KeyboardInterrupt:
@@ -265,8 +278,23 @@ def _fit_and_finish(tuner, spec: SweepSpec, metadata: dict, callback: MLflowTria
     if callback is not None:
         callback.close()
     summary = finish_parent_run(client, spec, metadata, report_dir)
+    trial_seconds = sum(float(result.metrics.get("time_total_s", 0.0)) for result in results)
     return SweepResult(spec.name, metadata["path"], metadata["tracking_uri"], metadata["experiment_id"],
-                       metadata["parent_run_id"], summary["counts"], summary["best"], summary["report_dir"])
+                       metadata["parent_run_id"], summary["counts"], summary["best"], summary["report_dir"],
+                       trial_seconds, callback.tracking_seconds if callback is not None else 0.0,
+                       callback.rendering_seconds if callback is not None else 0.0)
+
+
+def _import_report_libraries() -> None:
+    """Import what the final report needs (matplotlib, Optuna's importance with scikit-learn, a few
+    seconds) while the trials run, instead of after them."""
+    try:
+        import optuna.importance  # noqa: F401
+        from optuna.visualization import matplotlib  # noqa: F401
+
+        from .. import plots  # noqa: F401
+    except Exception:  # the report will raise it properly, in the main thread
+        pass
 
 
 def _mark_interrupted(client, metadata: dict, callback: MLflowTrialCallback | None) -> None:

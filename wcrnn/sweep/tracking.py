@@ -107,6 +107,7 @@ class _Writer:
         self.retry_limit_s = retry_limit_s
         self.jobs: queue.Queue = queue.Queue()
         self.failures: list[str] = []
+        self.busy_seconds = 0.0  # time spent in MLflow calls, for the overhead benchmark
         self.thread = threading.Thread(target=self._work, name="wcrnn-mlflow-writer", daemon=True)
         self.thread.start()
 
@@ -120,7 +121,8 @@ class _Writer:
                 self.jobs.task_done()
                 return
             job, what = item
-            deadline = time.monotonic() + self.retry_limit_s
+            started = deadline = time.monotonic()
+            deadline += self.retry_limit_s
             delay = 0.5
             while True:
                 try:
@@ -133,6 +135,7 @@ class _Writer:
                         break
                     time.sleep(delay)  # back off before retrying an unreachable server
                     delay = min(delay * 2, 10.0)
+            self.busy_seconds += time.monotonic() - started
             self.jobs.task_done()
 
     def flush(self) -> None:
@@ -194,6 +197,9 @@ class MLflowTrialCallback(Callback):
         self.run_ids: dict[str, str] = {}  # trial_id -> MLflow run id
         self.best: dict[str, float] = {}  # trial_id -> best checkpoint metric so far
         self.last: dict[str, dict] = {}  # trial_id -> last result
+        self.tracking_seconds = 0.0  # time the tracking writer was busy (this driver session), rendering included
+        self.rendering_seconds = 0.0  # of which drawing plots for MLflow
+        self.last_spectrum: dict[str, dict] = {}  # run id -> last Lyapunov spectrum, plotted when the trial ends
         self._writer: _Writer | None = None
         self._spec: SweepSpec | None = None
 
@@ -219,11 +225,12 @@ class MLflowTrialCallback(Callback):
         return self._writer
 
     def get_state(self):
-        return {"run_ids": dict(self.run_ids), "best": dict(self.best)}
+        return {"run_ids": dict(self.run_ids), "best": dict(self.best), "last_spectrum": dict(self.last_spectrum)}
 
     def set_state(self, state):
         self.run_ids.update(state.get("run_ids", {}))
         self.best.update(state.get("best", {}))
+        self.last_spectrum.update(state.get("last_spectrum", {}))
 
     # -- trial lifecycle -------------------------------------------------------------------
 
@@ -242,6 +249,7 @@ class MLflowTrialCallback(Callback):
     def _open_run(self, trial) -> str:
         if trial.trial_id in self.run_ids:
             return self.run_ids[trial.trial_id]
+        started = time.monotonic()
         client = self.writer.client
         existing = client.search_runs(
             [self.experiment_id], max_results=1,
@@ -255,6 +263,7 @@ class MLflowTrialCallback(Callback):
                 "wcrnn.role": "trial", STATUS_TAG: "running"}).info.run_id
             self._log_params(run_id, trial.config)
         self.run_ids[trial.trial_id] = run_id
+        self.tracking_seconds += time.monotonic() - started
         return run_id
 
     def _log_params(self, run_id: str, sampled: dict) -> None:
@@ -290,21 +299,33 @@ class MLflowTrialCallback(Callback):
             self._log_spectrum(run_id, step, result)
 
     def _log_spectrum(self, run_id: str, step: int, result: dict) -> None:
+        # Data every time it is measured; the picture once, when the trial ends (_plot_last_spectrum):
+        # rendering is most of the tracking cost, and only the final spectrum is looked at in the UI.
         spectrum = {"epoch": step, "exponents": result["lyapunov_spectrum"],
                     "spread": result.get("lyapunov_spread"), "predicted": result.get("lyapunov_predicted"),
                     "max_exponent": result.get("max_lyapunov"), "mean_exponent": result.get("mean_lyapunov")}
+        self.last_spectrum[run_id] = spectrum
 
         def job(client):
-            from ..plots import plot_lyapunov_spectrum
-
             with tempfile.TemporaryDirectory() as folder:
                 for name in (f"spectrum_epoch{step:04d}", "spectrum"):
                     (Path(folder) / f"{name}.json").write_text(json.dumps(spectrum, indent=1))
-                    plot_lyapunov_spectrum(spectrum["exponents"], Path(folder) / f"{name}.png", spectrum["spread"],
-                                           spectrum["predicted"], title=f"Lyapunov spectrum, epoch {step}")
                 client.log_artifacts(run_id, folder, "lyapunov")
 
         self.writer.submit(job, f"Lyapunov spectrum of {run_id}")
+
+    def _plot_last_spectrum(self, client, run_id: str) -> None:
+        spectrum = self.last_spectrum.get(run_id)
+        if spectrum is None:
+            return
+        from ..plots import plot_lyapunov_spectrum
+
+        with tempfile.TemporaryDirectory() as folder:
+            started = time.monotonic()
+            plot_lyapunov_spectrum(spectrum["exponents"], Path(folder) / "spectrum.png", spectrum["spread"],
+                                   spectrum["predicted"], title=f"Lyapunov spectrum, epoch {spectrum['epoch']}")
+            self.rendering_seconds += time.monotonic() - started
+            client.log_artifacts(run_id, folder, "lyapunov")
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         spec = self.spec
@@ -339,6 +360,7 @@ class MLflowTrialCallback(Callback):
         status = trial_outcome(self.last.get(trial.trial_id, trial.last_result or {}), self.spec.budget.max_epochs)
 
         def job(client):
+            self._plot_last_spectrum(client, run_id)
             client.set_tag(run_id, STATUS_TAG, status)
             client.set_terminated(run_id, "FINISHED")
 
@@ -352,6 +374,7 @@ class MLflowTrialCallback(Callback):
             message = Path(error_file).read_text(errors="replace")[-4000:]
 
         def job(client):
+            self._plot_last_spectrum(client, run_id)
             client.set_tag(run_id, STATUS_TAG, "failed")
             if message:
                 client.set_tag(run_id, "wcrnn.error", message[-5000:])
@@ -366,6 +389,7 @@ class MLflowTrialCallback(Callback):
         if self._writer is not None:
             self._writer.flush()
             self._writer.close()
+            self.tracking_seconds += self._writer.busy_seconds
             self._writer = None
 
     @property

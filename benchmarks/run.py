@@ -1,0 +1,278 @@
+"""wcrnn benchmarks: one run, everything side by side, written as JSON and a markdown table.
+
+    make bench                                   (full: a few minutes on 2 cores)
+    .venv/bin/python benchmarks/run.py --smoke   (tiny sizes; CI runs this to keep it working)
+
+What is measured (each against a baseline measured in the same run, on the same machine):
+
+1. Training step (forward + backward, loss on the last state) of every WCRNN residual kind,
+   several head counts, the LRU and the plain autograd loop, against torch.nn.RNN (tanh) at
+   the same N, T and batch; and against a matmul lower bound, 6·B·N²·T flops at the peak
+   matmul rate of this machine.
+2. The full Lyapunov spectrum (N = 128, T = 784, 32 sequences): time with ons_interval=auto
+   and with a QR every step, and accuracy on the linear-residual check (exponents = log r).
+3. Sweep orchestration: wall time of a real sweep (Ray Tune + Optuna + MLflow) against the
+   sum of its trials' own run times, and MLflow's share of trial time.
+4. On a GPU, when there is one: the training step against cuDNN's nn.RNN.
+
+Timings are the best of a few repeats after a warm-up; ratios, not seconds, are the result.
+The allocator setting wcrnn uses (wcrnn/memory.py) is applied first, so torch.nn.RNN gets it too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import typer
+
+from wcrnn.dynamics import lyapunov_spectrum
+from wcrnn.memory import reuse_freed_memory
+from wcrnn.models import build_core, build_model
+
+RESULTS = Path(__file__).parent / "results"
+
+# The residual kinds a sweep explores, as model config fields.
+RESIDUALS = {
+    "homogeneous": {"residual": "homogeneous", "r": 0.99},
+    "rotational": {"residual": "rotational", "r": 0.99, "phi0": 0.224},
+    "heterogeneous": {"residual": "heterogeneous", "r_range": [0.9, 1.0], "phi_range": [0.0, 1.0]},
+    "nonlinear": {"residual": "nonlinear", "r": 0.99},
+    "none": {"residual": "none"},
+}
+
+
+def best_time(run: Callable[[], object], repeats: int) -> float:
+    """Best wall time of `repeats` calls after one warm-up call."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def peak_matmul_flops(device: str, size: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    return 2 * size**3 / best_time(lambda: a @ b, repeats)
+
+
+def training_step(forward: Callable[[torch.Tensor], torch.Tensor], parameters, inputs) -> Callable[[], None]:
+    """Forward + backward with the loss on the last state, as a classifier trains."""
+    parameters = list(parameters)
+
+    def step():
+        for p in parameters:
+            p.grad = None
+        forward(inputs)[:, -1].square().sum().backward()
+
+    return step
+
+
+def recurrence_rows(hidden_sizes, steps, batch, heads_list, repeats, device, with_reference) -> list[dict]:
+    rows = []
+    peak = peak_matmul_flops(device)
+    for n in hidden_sizes:
+        inputs = torch.randn(batch, steps, 1, device=device)
+        lower_bound = 6 * batch * n * n * steps / peak
+        baseline = torch.nn.RNN(1, n, batch_first=True).to(device)
+        baseline_s = best_time(training_step(lambda x: baseline(x)[0], baseline.parameters(), inputs), repeats)
+
+        def add(model: str, residual: str, heads, seconds: float):
+            rows.append({"device": device, "hidden_size": n, "steps": steps, "batch": batch, "model": model,
+                         "residual": residual, "heads": heads, "seconds": seconds,
+                         "ratio_to_nn_rnn": seconds / baseline_s, "ratio_to_matmul_bound": seconds / lower_bound})
+
+        add("torch.nn.RNN (tanh)", "", "", baseline_s)
+        cases = [(name, 1) for name in RESIDUALS] + [("rotational", h) for h in heads_list if h > 1 and n % h == 0]
+        for residual, heads in cases:
+            core = build_core({"name": "wcrnn", "hidden_size": n, "gamma": 0.1, "heads": heads,
+                               **RESIDUALS[residual]}, 1).to(device)
+            add("wcrnn", residual, heads, best_time(training_step(core, core.parameters(), inputs), repeats))
+        lru = build_core({"name": "lru", "hidden_size": n}, 1).to(device)
+        add("lru", "", "", best_time(training_step(lru, lru.parameters(), inputs), repeats))
+        if with_reference and n == 128:
+            core = build_core({"name": "wcrnn", "hidden_size": n, "gamma": 0.1, **RESIDUALS["rotational"]}, 1).to(device)
+            add("wcrnn, plain autograd loop", "rotational", 1,
+                best_time(training_step(core.reference_forward, core.parameters(), inputs), 1))
+    return rows
+
+
+def lyapunov_rows(hidden_size, steps, sequences, repeats) -> list[dict]:
+    rows = []
+    inputs = torch.rand(sequences, steps, 1, generator=torch.Generator().manual_seed(0))
+    r = 0.95
+    for residual, fields in (("homogeneous", {"r": r}), ("rotational", {"r": r, "phi0": 0.224})):
+        model = build_model({"name": "wcrnn", "hidden_size": hidden_size, "gamma": 1e-3, "residual": residual,
+                             **fields}, 1, 1, seed=0)
+        for interval in ("auto", 1):
+            spectra = []
+            seconds = best_time(lambda: spectra.append(lyapunov_spectrum(model.core, inputs, warmup=0,
+                                                                         ons_interval=interval)), repeats)
+            spectrum = spectra[-1]
+            rows.append({"hidden_size": hidden_size, "steps": steps, "sequences": sequences, "residual": residual,
+                         "ons_interval": interval, "seconds": seconds, "qr_decompositions": spectrum.orthonormalisations,
+                         "max_error_vs_log_r": max(abs(e - math.log(r)) for e in spectrum.exponents)})
+    return rows
+
+
+def sweep_spec(trials: int, epochs: int, num_train: int, length: int, hidden_size: int) -> dict:
+    """A sweep without early stopping, so every trial does the same work."""
+    return {
+        "name": "overhead", "description": "orchestration overhead benchmark",
+        "task": {"name": "adding", "length": length, "num_train": num_train, "num_val": 512, "num_test": 512},
+        "model": {"name": "wcrnn", "hidden_size": hidden_size, "residual": "rotational"},
+        "training": {"optimizer": "adam", "batch_size": 64},
+        "search_space": {"lr": {"distribution": "loguniform", "low": 1e-3, "high": 1e-2},
+                         "r": {"distribution": "uniform", "low": 0.9, "high": 1.0},
+                         "gamma": {"distribution": "loguniform", "low": 0.01, "high": 0.3}},
+        "objective": {"metric": "val_mse", "mode": "min"},
+        "budget": {"num_trials": trials, "max_epochs": epochs},
+        "search": {"algorithm": "tpe", "seed": 0},
+        "resources": {"cpu": 1, "max_concurrent": 2},
+        "lyapunov": {"every": 0, "at_end": True, "num_sequences": 8},
+        "checkpoints": {"num_to_keep": 1},
+    }
+
+
+def sweep_rows(spec_fields: dict) -> list[dict]:
+    import yaml
+    from mlflow import MlflowClient
+
+    from wcrnn.sweep import SweepSpec, run_sweep
+
+    spec = SweepSpec.model_validate(spec_fields)
+    with tempfile.TemporaryDirectory(prefix="wcrnn-bench-") as folder:
+        client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
+        client.search_experiments()  # the database exists, as after a user's first sweep: creating it is a one-off
+        started_at = time.time()
+        start = time.perf_counter()
+        result = run_sweep(spec, yaml.safe_dump(spec_fields), tracking_uri=f"sqlite:///{folder}/mlflow.db",
+                           storage=f"{folder}/runs", progress=False, report_dir=f"{folder}/report")
+        wall = time.perf_counter() - start
+        trial_runs = client.search_runs([result.experiment_id], "tags.`wcrnn.role` = 'trial'")
+    first_trial = min(run.info.start_time for run in trial_runs) / 1000 - started_at
+    last_trial = max(run.info.end_time for run in trial_runs) / 1000 - started_at
+    concurrency = min(spec.resources.max_concurrent, spec.budget.num_trials)
+    ideal = result.trial_seconds / concurrency  # perfect packing of the trials on the workers
+    return [{"trials": spec.budget.num_trials, "concurrency": concurrency, "wall_seconds": wall,
+             "trial_seconds_total": result.trial_seconds, "mean_trial_seconds": result.trial_seconds / spec.budget.num_trials,
+             "overhead_share_of_wall": 1 - ideal / wall,
+             "startup_seconds": first_trial, "finish_seconds": wall - last_trial,
+             "steady_overhead_share_of_wall": 1 - ideal / (last_trial - first_trial),
+             "mlflow_seconds": result.tracking_seconds - result.rendering_seconds,
+             "mlflow_share_of_trial_time": (result.tracking_seconds - result.rendering_seconds) / result.trial_seconds,
+             "rendering_seconds": result.rendering_seconds,
+             "rendering_share_of_trial_time": result.rendering_seconds / result.trial_seconds}]
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "python": platform.python_version()}
+
+
+def markdown(results: dict) -> str:
+    info = results["machine"]
+    lines = [f"Measured {results['date']} on {info['cpu']}, {info['cores']} cores, torch {info['torch']} "
+             f"({info['torch_threads']} threads){', GPU ' + info['gpu'] if info['gpu'] else ', no GPU'}; "
+             f"`{results['command']}`.", ""]
+    if results.get("recurrence"):
+        first = results["recurrence"][0]
+        lines += [f"**Training step** (forward + backward), T = {first['steps']}, batch {first['batch']}; "
+                  "ratio < 1 is faster than torch.nn.RNN. Matmul bound: 6·B·N²·T flops at this machine's peak "
+                  f"matmul rate ({results['peak_matmul_gflops']:.0f} GFLOP/s).", "",
+                  "| device | N | model | residual | heads | seconds | × nn.RNN | × matmul bound |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for row in results["recurrence"]:
+            lines.append(f"| {row['device']} | {row['hidden_size']} | {row['model']} | {row['residual']} | {row['heads']} "
+                         f"| {row['seconds']:.3f} | {row['ratio_to_nn_rnn']:.2f} | {row['ratio_to_matmul_bound']:.1f} |")
+        lines.append("")
+    if results.get("lyapunov"):
+        first = results["lyapunov"][0]
+        lines += [f"**Lyapunov spectrum**, full ({first['hidden_size']} exponents), T = {first['steps']}, "
+                  f"{first['sequences']} sequences, γ = 1e-3, r = 0.95 (theory: every exponent = log r).", "",
+                  "| residual | ons_interval | QR decompositions | seconds | max abs error vs log r |",
+                  "|---|---|---|---|---|"]
+        for row in results["lyapunov"]:
+            lines.append(f"| {row['residual']} | {row['ons_interval']} | {row['qr_decompositions']} | "
+                         f"{row['seconds']:.2f} | {row['max_error_vs_log_r']:.1e} |")
+        lines.append("")
+    if results.get("sweep"):
+        row = results["sweep"][0]
+        lines += ["**Sweep orchestration** (Ray Tune + Optuna TPE + MLflow on SQLite, local Ray, no early stopping).", "",
+                  "Overhead = 1 − (Σ trial time / concurrency) / wall time; startup = until the first trial started "
+                  "(Ray, Optuna, MLflow parent run, first workers); finish = after the last trial ended (report); "
+                  "steady = the same ratio between the first trial's start and the last one's end. MLflow = the driver's "
+                  "tracking thread in MLflow calls; plots = drawing the per-trial spectrum for MLflow (same thread, "
+                  "concurrent with the trials).", "",
+                  "| trials | concurrency | mean trial s | wall s | startup s | finish s | overhead | steady overhead "
+                  "| MLflow / trial time | plots / trial time |",
+                  "|---|---|---|---|---|---|---|---|---|---|",
+                  f"| {row['trials']} | {row['concurrency']} | {row['mean_trial_seconds']:.1f} | {row['wall_seconds']:.1f} "
+                  f"| {row['startup_seconds']:.1f} | {row['finish_seconds']:.1f} "
+                  f"| {100 * row['overhead_share_of_wall']:.1f}% | {100 * row['steady_overhead_share_of_wall']:.1f}% "
+                  f"| {100 * row['mlflow_share_of_trial_time']:.2f}% | {100 * row['rendering_share_of_trial_time']:.2f}% |", ""]
+    if not info["gpu"]:
+        lines.append("No GPU on this machine: the cuDNN comparison was not run.")
+    return "\n".join(lines) + "\n"
+
+
+app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
+
+
+@app.command()
+def main(
+    smoke: bool = typer.Option(False, help="Tiny sizes: checks the benchmark works, measures nothing meaningful."),
+    output: Path = typer.Option(RESULTS, help="Folder for benchmark.json and benchmark.md."),
+    only: Optional[str] = typer.Option(None, help="Comma-separated sections: recurrence, lyapunov, sweep."),
+):
+    """Run the benchmarks and write benchmark.json and benchmark.md."""
+    reuse_freed_memory()
+    sections = set((only or "recurrence,lyapunov,sweep").split(","))
+    unknown = sections - {"recurrence", "lyapunov", "sweep"}
+    if unknown:
+        raise typer.BadParameter(f"unknown section(s) {sorted(unknown)}: use recurrence, lyapunov, sweep", param_hint="--only")
+    command = "make bench" if not smoke and only is None else "python benchmarks/run.py" + (" --smoke" if smoke else "") + (f" --only {only}" if only else "")
+    results = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "command": command, "smoke": smoke,
+               "machine": machine(), "peak_matmul_gflops": peak_matmul_flops("cpu") / 1e9}
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if "recurrence" in sections:
+        print("training step ...", flush=True)
+        results["recurrence"] = []
+        for device in devices:
+            if smoke:
+                results["recurrence"] += recurrence_rows([16], 50, 8, [1, 4], 1, device, with_reference=False)
+            else:
+                results["recurrence"] += recurrence_rows([64, 128, 256], 784, 64, [1, 4, 16], 3, device, with_reference=True)
+    if "lyapunov" in sections:
+        print("Lyapunov spectrum ...", flush=True)
+        results["lyapunov"] = lyapunov_rows(16, 100, 4, 1) if smoke else lyapunov_rows(128, 784, 32, 2)
+    if "sweep" in sections:
+        print("sweep overhead ...", flush=True)
+        fields = sweep_spec(2, 1, 256, 20, 8) if smoke else sweep_spec(8, 4, 12288, 200, 64)
+        results["sweep"] = sweep_rows(fields)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "benchmark.json").write_text(json.dumps(results, indent=1) + "\n")
+    table = markdown(results)
+    (output / "benchmark.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,43 @@
+"""The benchmark suite's smoke run: keeps `make bench` working (its numbers are not asserted as speeds)."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_smoke_benchmark_measures_every_section_and_writes_json_and_markdown(tmp_path):
+    completed = subprocess.run([sys.executable, "benchmarks/run.py", "--smoke", "--output", str(tmp_path)],
+                               cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads((tmp_path / "benchmark.json").read_text())
+    assert results["machine"]["cores"] >= 1 and results["peak_matmul_gflops"] > 0
+
+    rows = results["recurrence"]
+    baseline = [row for row in rows if row["model"].startswith("torch.nn.RNN")]
+    assert len(baseline) == 1 and baseline[0]["ratio_to_nn_rnn"] == 1.0
+    residuals = {row["residual"] for row in rows if row["model"] == "wcrnn"}
+    assert residuals == {"homogeneous", "rotational", "heterogeneous", "nonlinear", "none"}
+    assert any(row["model"] == "wcrnn" and row["heads"] == 4 for row in rows)
+    assert any(row["model"] == "lru" for row in rows)
+    for row in rows:
+        assert row["seconds"] > 0
+        assert math.isclose(row["ratio_to_nn_rnn"], row["seconds"] / baseline[0]["seconds"])
+
+    for row in results["lyapunov"]:
+        assert row["max_error_vs_log_r"] < 0.01, row
+    every_step = [row for row in results["lyapunov"] if row["ons_interval"] == 1]
+    assert all(row["qr_decompositions"] == row["steps"] for row in every_step)
+
+    sweep = results["sweep"][0]
+    assert sweep["trials"] == 2 and sweep["trial_seconds_total"] > 0
+    # the trials ran inside the sweep, so the sweep took at least their packed time
+    assert sweep["wall_seconds"] >= sweep["trial_seconds_total"] / sweep["concurrency"]
+    assert 0 < sweep["mlflow_seconds"] < sweep["wall_seconds"]
+
+    table = (tmp_path / "benchmark.md").read_text()
+    assert "× nn.RNN" in table and "Lyapunov spectrum" in table and "Sweep orchestration" in table
+    assert results["date"] in table
