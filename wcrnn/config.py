@@ -126,6 +126,8 @@ def read_mapping(path: str | Path) -> dict:
         raise ConfigError(f"{path}: not UTF-8 text; expected a YAML or JSON file") from None
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config (more than {MAX_NESTING} levels)") from None
     except (yaml.YAMLError, json.JSONDecodeError) as error:
         first = str(error).strip().splitlines()[0]
         mark = getattr(error, "problem_mark", None)
@@ -136,7 +138,27 @@ def read_mapping(path: str | Path) -> dict:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    if _nesting(data) > MAX_NESTING:
+        raise ConfigError(f"{path}: nested too deeply to be a config (more than {MAX_NESTING} levels)")
     return data
+
+
+MAX_NESTING = 32  # real configs use 4; deeper ones are mistakes or attacks on the recursive validators
+
+
+def _nesting(data) -> int:
+    """Depth of nested mappings and lists, without recursion (and without expanding YAML aliases twice)."""
+    deepest, stack, seen = 0, [(data, 1)], set()
+    while stack:
+        item, depth = stack.pop()
+        if not isinstance(item, (dict, list)) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        deepest = max(deepest, depth)
+        if deepest > MAX_NESTING:
+            break
+        stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pydantic import ValidationError
 
 
@@ -22,8 +24,19 @@ _UNION_TAGS = {"wcrnn", "elman", "gru", "lstm", "lru", "complex_diagonal", "line
                "uniform", "loguniform", "int", "categorical"}
 
 
+_PYDANTIC_STEP = re.compile(r"^[a-z-]+\[.*\]$")  # pydantic's own location steps: function-after[...], list[int]
+
+
+def _readable_key(key: str) -> str:
+    """A key as the user can find it in their file: quoted when empty, blank-padded, dotted or unprintable."""
+    if key and key.isprintable() and key.strip() == key and "." not in key and len(key) <= 60:
+        return key
+    shown = repr(key)
+    return shown if len(shown) <= 62 else shown[:60] + "…"
+
+
 def _location(loc: tuple, prefix: str) -> str:
-    parts = [str(p) for p in loc if str(p) not in _UNION_TAGS and "[" not in str(p)]
+    parts = [_readable_key(str(p)) for p in loc if str(p) not in _UNION_TAGS and not _PYDANTIC_STEP.match(str(p))]
     path = ".".join(parts)
     return ".".join(p for p in (prefix, path) if p)
 

@@ -207,7 +207,7 @@ class SweepSpec(_Strict):
     @property
     def parameters(self) -> dict[str, Distribution]:
         """Search space keyed by full dotted path, residual-deciding parameters first."""
-        resolved = {resolve_parameter(key, self.model.get("name", "wcrnn")): dist
+        resolved = {resolve_parameter(key, _scalar(self.model.get("name", "wcrnn"))): dist
                     for key, dist in self.search_space.items()}
         return dict(sorted(resolved.items(), key=lambda item: item[0] not in _DECIDERS))
 
@@ -298,8 +298,14 @@ def metric_mode(metric: str) -> str:
     return "max" if metric.endswith("accuracy") else "min"
 
 
+def _scalar(value):
+    """A section's value as a lookup key: the sections are checked field by field later, and a list or
+    mapping where a name belongs must reach that check, not crash a dictionary lookup here."""
+    return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
+
+
 def produced_metrics(spec: "SweepSpec") -> set[str]:
-    metrics = set(_METRICS_BY_KIND[_KIND_OF_TASK.get(spec.task.get("name"), "regression")])
+    metrics = set(_METRICS_BY_KIND[_KIND_OF_TASK.get(_scalar(spec.task.get("name")), "regression")])
     if spec.lyapunov.every:
         metrics |= _LYAPUNOV_METRICS
     return metrics
@@ -326,7 +332,7 @@ def check_sweep(spec: "SweepSpec") -> list[str]:
         if key in spec.training:
             problems.append(f"training.{key}: set it in the sweep's "
                             f"{'budget.max_epochs' if key == 'epochs' else 'lyapunov section'} instead")
-    model_name = spec.model.get("name", "wcrnn")
+    model_name = _scalar(spec.model.get("name", "wcrnn"))
     parameters: dict[str, Distribution] = {}
     keys: dict[str, str] = {}
     for key, distribution in spec.search_space.items():
@@ -339,7 +345,7 @@ def check_sweep(spec: "SweepSpec") -> list[str]:
             problems.append(f"search_space.{key}: {path} is searched twice")
         parameters[path], keys[path] = distribution, key
     residuals = (set(parameters["model.residual"].corners()) if "model.residual" in parameters
-                 else {spec.model.get("residual", "homogeneous")})
+                 else {_scalar(spec.model.get("residual", "homogeneous"))})
     for path in parameters.keys() & RESIDUAL_USES.keys():
         if not residuals & RESIDUAL_USES[path]:
             problems.append(f"search_space.{keys[path]}: model.residual is {' or '.join(map(repr, sorted(residuals, key=str)))}, "
@@ -358,7 +364,7 @@ def _check_fixed_sections(spec: "SweepSpec") -> list[str]:
 
     base = spec.base_run_config()
     problems = []
-    if base["model"].get("name", "wcrnn") not in _MODEL_CLASSES:
+    if _scalar(base["model"].get("name", "wcrnn")) not in _MODEL_CLASSES:
         problems.append(f"model.name: unknown model {base['model']['name']!r}: use one of {', '.join(_MODEL_CLASSES)}")
     for section, validate in (("task", TaskConfigAdapter.validate_python), ("training", TrainingConfig.model_validate)):
         try:
