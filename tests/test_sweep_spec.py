@@ -180,3 +180,14 @@ def test_same_seed_and_spec_give_the_same_samples_through_ray_tunes_optuna_searc
     assert first == again
     assert first != other
     assert set(first[0]) == {"training.lr", "model.r", "model.phi0", "model.gamma", "model.heads"}
+
+
+@pytest.mark.parametrize("section, value, field", [
+    ("tracking", {"uri": "http://alice:hunter2@mlflow.example:5000"}, "tracking.uri"),
+    ("storage", {"path": "s3://AKIAXXXX:hunter2@bucket/sweeps"}, "storage.path"),
+])
+def test_credentials_in_spec_uris_are_refused_without_echoing_them(section, value, field):
+    with pytest.raises(ConfigError) as info:
+        validate_spec(mutated(lambda d: d.update({section: value})))
+    assert field in str(info.value) and "environment" in str(info.value)
+    assert "hunter2" not in str(info.value)

@@ -24,9 +24,9 @@ from ..errors import ConfigError, ServiceUnavailable
 from .spec import SweepSpec
 
 # Settings a sweep's driver and trials need on the cluster, passed on when set here.
-FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "WCRNN_STORAGE", "WCRNN_S3_ENDPOINT", "AWS_ACCESS_KEY_ID",
-                 "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_USERNAME",
-                 "MLFLOW_TRACKING_PASSWORD")
+# Settings travel with a job; credentials never do: Ray logs a job's runtime environment and shows
+# it on the dashboard. The cluster has its own (docker-compose env, a KubeRay secret, an instance role).
+FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "WCRNN_STORAGE", "WCRNN_S3_ENDPOINT", "AWS_DEFAULT_REGION")
 
 
 def job_client(address: str | None):

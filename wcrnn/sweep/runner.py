@@ -110,10 +110,24 @@ def quiet_libraries() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+# Ray Tune copies these from the driver into every trial's runtime environment, which Ray's
+# runtime-env agent then writes to its log in clear text. Trials get credentials the way every
+# other process on a node does: from the environment Ray was started with (inherited from this
+# driver when it starts Ray itself; set on the nodes of a cluster).
+CREDENTIALS_NOT_PROPAGATED = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN")
+
+
+def keep_credentials_out_of_ray_logs() -> None:
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE -= set(CREDENTIALS_NOT_PROPAGATED)
+
+
 def init_ray(address: str | None) -> str:
     """Connect to a cluster (`auto`, `ray://…`, `HOST:PORT`) or start Ray in-process."""
     import ray
 
+    keep_credentials_out_of_ray_logs()
     if ray.is_initialized():
         return ray.get_runtime_context().gcs_address or "local"
     quiet_libraries()

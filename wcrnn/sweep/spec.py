@@ -169,13 +169,31 @@ class Checkpoints(_Strict):
     metric: Optional[str] = Field(None, description="Rank checkpoints by this metric (default: the objective).")
 
 
+def _no_credentials(uri: Optional[str], variables: str) -> Optional[str]:
+    # The spec is stored verbatim in MLflow and in Ray's state: secrets belong in the environment.
+    if uri and "://" in uri and "@" in uri.split("://", 1)[1].split("/", 1)[0]:
+        raise ValueError(f"credentials in a URI are stored with the spec for everyone to read: remove "
+                         f"'user:password@' and set {variables} in the environment instead")
+    return uri
+
+
 class Tracking(_Strict):
     uri: Optional[str] = Field(None, description="MLflow tracking URI (default: sqlite:///mlflow.db in the working directory).")
     experiment: Optional[str] = Field(None, description="MLflow experiment name (default: the sweep name).")
 
+    @field_validator("uri")
+    @classmethod
+    def _uri_without_credentials(cls, uri):
+        return _no_credentials(uri, "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+
 
 class Storage(_Strict):
     path: Optional[str] = Field(None, description="Where Ray keeps trial state (default: ./wcrnn_runs).")
+
+    @field_validator("path")
+    @classmethod
+    def _path_without_credentials(cls, path):
+        return _no_credentials(path, "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
 
 
 class SweepSpec(_Strict):
