@@ -17,31 +17,16 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from support import wait_for
+from support import free_port, http_ok, wait_for
 import yaml
 from mlflow import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
 WCRNN = [sys.executable, "-m", "wcrnn.cli"]
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http_ok(url) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=3) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def port_open(port: int) -> bool:

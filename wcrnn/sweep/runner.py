@@ -105,6 +105,11 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # stdout is for --json
+    # The tracking writer retries on its own clock (tracking.retry_limit_s). MLflow's default of 7
+    # retries with exponential backoff holds one call for minutes and would hide an outage from it.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -217,7 +222,8 @@ def run_sweep(spec: SweepSpec, spec_text: str, *, address: str | None = None, tr
                 "tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent_run_id,
                 "storage": root, "path": path}
     _write_metadata(path, metadata)
-    callback = MLflowTrialCallback(uri, experiment_id, parent_run_id, spec.model_dump_json())
+    callback = MLflowTrialCallback(uri, experiment_id, parent_run_id, spec.model_dump_json(),
+                                   retry_limit_s=spec.tracking.retry_limit_s)
     callbacks = [callback]
     if progress:
         from .progress import ProgressCallback
@@ -282,6 +288,14 @@ def _fit_and_finish(tuner, spec: SweepSpec, metadata: dict, callback: MLflowTria
     except KeyboardInterrupt:
         _mark_interrupted(client, metadata, callback)
         raise SweepInterrupted(f"sweep {spec.name} interrupted; continue it with `wcrnn sweep resume {spec.name}`") from None
+    except Exception:
+        if callback is not None and callback.tracking_lost:
+            raise callback.lost_error() from None  # Tune wraps the callback's error; say it plainly
+        raise
+    if callback is not None:
+        callback.close()
+        if callback.tracking_lost or callback.failures:
+            raise callback.lost_error()
     # After a first Ctrl-C, Tune saves its state and returns normally with trials unfinished.
     unfinished = len(results) - results.num_terminated - results.num_errors
     missing = spec.budget.num_trials - len(results) if not spec.budget.time_budget_s else 0
@@ -289,8 +303,6 @@ def _fit_and_finish(tuner, spec: SweepSpec, metadata: dict, callback: MLflowTria
         _mark_interrupted(client, metadata, callback)
         raise SweepInterrupted(f"sweep {spec.name} interrupted with {unfinished + missing} trials to go; "
                                f"continue it with `wcrnn sweep resume {spec.name}`")
-    if callback is not None:
-        callback.close()
     summary = finish_parent_run(client, spec, metadata, report_dir)
     trial_seconds = sum(float(result.metrics.get("time_total_s", 0.0)) for result in results)
     return SweepResult(spec.name, metadata["path"], metadata["tracking_uri"], metadata["experiment_id"],

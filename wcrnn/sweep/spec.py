@@ -180,6 +180,9 @@ def _no_credentials(uri: Optional[str], variables: str) -> Optional[str]:
 class Tracking(_Strict):
     uri: Optional[str] = Field(None, description="MLflow tracking URI (default: sqlite:///mlflow.db in the working directory).")
     experiment: Optional[str] = Field(None, description="MLflow experiment name (default: the sweep name).")
+    retry_limit_s: float = Field(600.0, gt=0, le=7 * 24 * 3600, description=(
+        "How long writes wait for an unreachable tracking server (buffered, retried) before the sweep "
+        "stops with an error; resume it once the server is back."))
 
     @field_validator("uri")
     @classmethod

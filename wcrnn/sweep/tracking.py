@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import queue
+import shutil
 import tempfile
 import threading
 import time
@@ -99,6 +100,14 @@ def ensure_experiment(client, name: str, artifact_root: str | None) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
+class TrackingLost(ServiceUnavailable):
+    """The tracking server stayed unreachable longer than tracking.retry_limit_s."""
+
+
+class _Untracked(Exception):
+    """A job for a trial whose MLflow run could not be opened."""
+
+
 class _Writer:
     """A background thread that applies MLflow calls in order, retrying while the server is down."""
 
@@ -107,6 +116,7 @@ class _Writer:
         self.retry_limit_s = retry_limit_s
         self.jobs: queue.Queue = queue.Queue()
         self.failures: list[str] = []
+        self.lost = False  # gave up once: the server is gone for longer than the limit
         self.busy_seconds = 0.0  # time spent in MLflow calls, for the overhead benchmark
         self.thread = threading.Thread(target=self._work, name="wcrnn-mlflow-writer", daemon=True)
         self.thread.start()
@@ -125,12 +135,19 @@ class _Writer:
             deadline += self.retry_limit_s
             delay = 0.5
             while True:
+                if self.lost:
+                    self.failures.append(f"{what}: not attempted, the tracking server was lost")
+                    break
                 try:
                     job(self.client)
+                    break
+                except _Untracked as error:  # nothing to retry: its run was never opened
+                    self.failures.append(f"{what}: {error}")
                     break
                 except Exception as error:  # network errors, server restarts
                     if time.monotonic() + delay > deadline:
                         self.failures.append(f"{what}: {error}")
+                        self.lost = True
                         log.error("MLflow: giving up on %s after %.0f s: %s", what, self.retry_limit_s, error)
                         break
                     time.sleep(delay)  # back off before retrying an unreachable server
@@ -199,7 +216,10 @@ class MLflowTrialCallback(Callback):
         self.last: dict[str, dict] = {}  # trial_id -> last result
         self.tracking_seconds = 0.0  # time the tracking writer was busy (this driver session), rendering included
         self.rendering_seconds = 0.0  # of which drawing plots for MLflow
-        self.last_spectrum: dict[str, dict] = {}  # run id -> last Lyapunov spectrum, plotted when the trial ends
+        self.last_spectrum: dict[str, dict] = {}  # trial_id -> last Lyapunov spectrum, plotted when the trial ends
+        self._opening: set[str] = set()  # trials whose run-opening job is queued
+        self._failures: list[str] = []  # writes given up on, kept after the writer closes
+        self._lost = False
         self._writer: _Writer | None = None
         self._spec: SweepSpec | None = None
 
@@ -207,6 +227,7 @@ class MLflowTrialCallback(Callback):
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_writer"] = state["_spec"] = None
+        state["_opening"], state["_failures"], state["_lost"] = set(), [], False
         return state
 
     @property
@@ -238,84 +259,99 @@ class MLflowTrialCallback(Callback):
         self._open_run(trial)
 
     def on_trial_restore(self, iteration, trials, trial, **info):
-        run_id = self._open_run(trial)
-        self.writer.submit(lambda c: c.set_tag(run_id, "wcrnn.restored_at", str(int(time.time()))), "restore tag")
+        key = self._open_run(trial)
+        stamp = str(int(time.time()))
+        self._submit(key, lambda c, run_id: c.set_tag(run_id, "wcrnn.restored_at", stamp), "restore tag")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        run_id = self._open_run(trial)
-        failures = getattr(trial.run_metadata, "num_failures", 0)
-        self.writer.submit(lambda c: c.set_tag(run_id, "wcrnn.restarts", str(failures)), "restart tag")
+        key = self._open_run(trial)
+        failures = str(getattr(trial.run_metadata, "num_failures", 0))
+        self._submit(key, lambda c, run_id: c.set_tag(run_id, "wcrnn.restarts", failures), "restart tag")
 
     def _open_run(self, trial) -> str:
-        if trial.trial_id in self.run_ids:
-            return self.run_ids[trial.trial_id]
-        started = time.monotonic()
-        client = self.writer.client
-        existing = client.search_runs(
-            [self.experiment_id], max_results=1,
-            filter_string=f"tags.{TRIAL_TAG} = '{trial.trial_id}' and tags.mlflow.parentRunId = '{self.parent_run_id}'")
-        if existing:
-            run_id = existing[0].info.run_id
-            client.update_run(run_id, status="RUNNING")
-        else:
-            run_id = client.create_run(self.experiment_id, run_name=str(trial), tags={
-                "mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial.trial_id, SWEEP_TAG: self.spec.name,
-                "wcrnn.role": "trial", STATUS_TAG: "running"}).info.run_id
-            self._log_params(run_id, trial.config)
-        self.run_ids[trial.trial_id] = run_id
-        self.tracking_seconds += time.monotonic() - started
-        return run_id
+        """Make sure the trial has its MLflow run (found again after a resume, else created) and return
+        the key its jobs find the run id by. Opening is itself a queued job, so that an unreachable
+        server never blocks Tune's event loop: the trial trains on while the writer retries."""
+        key = trial.trial_id
+        if key in self.run_ids or key in self._opening:
+            return key
+        self._opening.add(key)
+        name, sampled = str(trial), dict(trial.config)
 
-    def _log_params(self, run_id: str, sampled: dict) -> None:
+        def job(client):
+            existing = client.search_runs(
+                [self.experiment_id], max_results=1,
+                filter_string=f"tags.{TRIAL_TAG} = '{key}' and tags.mlflow.parentRunId = '{self.parent_run_id}'")
+            if existing:
+                run_id = existing[0].info.run_id
+                client.update_run(run_id, status="RUNNING")
+            else:
+                run_id = client.create_run(self.experiment_id, run_name=name, tags={
+                    "mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: key, SWEEP_TAG: self.spec.name,
+                    "wcrnn.role": "trial", STATUS_TAG: "running"}).info.run_id
+                self._log_params(client, run_id, sampled)
+            self.run_ids[key] = run_id
+
+        self.writer.submit(job, f"the run of trial {key}")
+        return key
+
+    def _submit(self, key: str, job: Callable[[Any, str], None], what: str) -> None:
+        """Queue `job(client, run_id)` for the trial's run, after the job that opens it."""
+
+        def with_run_id(client):
+            if key not in self.run_ids:
+                raise _Untracked(f"trial {key} has no MLflow run (opening it failed)")
+            job(client, self.run_ids[key])
+
+        self.writer.submit(with_run_id, f"{what} of trial {key}")
+
+    def _log_params(self, client, run_id: str, sampled: dict) -> None:
         from mlflow.entities import Param, RunTag
 
         resolved = self.spec.trial_run_config(sampled).model_dump(mode="json")
         params = [Param(key, json.dumps(value) if isinstance(value, (list, dict)) else str(value))
                   for key, value in flatten(resolved).items()]
         tags = [RunTag("wcrnn.sampled", json.dumps(sampled, sort_keys=True))]
-
-        def job(client):
-            for start in range(0, len(params), 100):
-                client.log_batch(run_id, params=params[start:start + 100], tags=tags if start == 0 else [])
-
-        self.writer.submit(job, f"params of {run_id}")
+        for start in range(0, len(params), 100):
+            client.log_batch(run_id, params=params[start:start + 100], tags=tags if start == 0 else [])
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         from mlflow.entities import Metric, RunTag
 
-        run_id = self._open_run(trial)
-        self.last[trial.trial_id] = result
+        self._raise_if_tracking_lost()
+        key = self._open_run(trial)
+        self.last[key] = result
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         stamp = int(time.time() * 1000)
-        metrics = [Metric(key, float(value), stamp, step) for key, value in result.items()
-                   if key not in _NOT_METRICS and isinstance(value, (int, float)) and not isinstance(value, bool)
+        metrics = [Metric(name, float(value), stamp, step) for name, value in result.items()
+                   if name not in _NOT_METRICS and isinstance(value, (int, float)) and not isinstance(value, bool)
                    and math.isfinite(value)]
         tags = [RunTag("wcrnn.node_ip", str(result.get("node_ip", ""))), RunTag("wcrnn.last_epoch", str(step)),
                 RunTag("wcrnn.node_id", str(result.get("node_id", "")))]
         if result.get("status") == "diverged":
             tags.append(RunTag(STATUS_TAG, "diverged"))
-        self.writer.submit(lambda c: c.log_batch(run_id, metrics=metrics, tags=tags), f"epoch {step} of {run_id}")
+        self._submit(key, lambda c, run_id: c.log_batch(run_id, metrics=metrics, tags=tags), f"epoch {step}")
         if result.get("lyapunov_spectrum"):
-            self._log_spectrum(run_id, step, result)
+            self._log_spectrum(key, step, result)
 
-    def _log_spectrum(self, run_id: str, step: int, result: dict) -> None:
+    def _log_spectrum(self, key: str, step: int, result: dict) -> None:
         # Data every time it is measured; the picture once, when the trial ends (_plot_last_spectrum):
         # rendering is most of the tracking cost, and only the final spectrum is looked at in the UI.
         spectrum = {"epoch": step, "exponents": result["lyapunov_spectrum"],
                     "spread": result.get("lyapunov_spread"), "predicted": result.get("lyapunov_predicted"),
                     "max_exponent": result.get("max_lyapunov"), "mean_exponent": result.get("mean_lyapunov")}
-        self.last_spectrum[run_id] = spectrum
+        self.last_spectrum[key] = spectrum
 
-        def job(client):
+        def job(client, run_id):
             with tempfile.TemporaryDirectory() as folder:
                 for name in (f"spectrum_epoch{step:04d}", "spectrum"):
                     (Path(folder) / f"{name}.json").write_text(json.dumps(spectrum, indent=1))
                 client.log_artifacts(run_id, folder, "lyapunov")
 
-        self.writer.submit(job, f"Lyapunov spectrum of {run_id}")
+        self._submit(key, job, "Lyapunov spectrum")
 
-    def _plot_last_spectrum(self, client, run_id: str) -> None:
-        spectrum = self.last_spectrum.get(run_id)
+    def _plot_last_spectrum(self, client, key: str, run_id: str) -> None:
+        spectrum = self.last_spectrum.get(key)
         if spectrum is None:
             return
         from ..plots import plot_lyapunov_spectrum
@@ -339,48 +375,60 @@ class MLflowTrialCallback(Callback):
         if best is not None and sign * value <= sign * best:
             return
         self.best[trial.trial_id] = value
-        run_id = self._open_run(trial)
+        key = self._open_run(trial)
         folder = tempfile.mkdtemp(prefix="wcrnn-ckpt-")
         checkpoint.to_directory(folder)  # copy now: Tune may delete it once better ones exist
         epoch = str(result.get("epoch", ""))
 
-        def job(client):
-            try:
-                client.log_artifacts(run_id, folder, "checkpoint")
-                client.set_tag(run_id, "wcrnn.checkpoint_epoch", epoch)
-            finally:
-                import shutil
+        def job(client, run_id):
+            client.log_artifacts(run_id, folder, "checkpoint")
+            client.set_tag(run_id, "wcrnn.checkpoint_epoch", epoch)
+            shutil.rmtree(folder, ignore_errors=True)  # kept until logged: a retry needs it
 
-                shutil.rmtree(folder, ignore_errors=True)
-
-        self.writer.submit(job, f"checkpoint of {run_id}")
+        self._submit(key, job, "checkpoint")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        run_id = self._open_run(trial)
-        status = trial_outcome(self.last.get(trial.trial_id, trial.last_result or {}), self.spec.budget.max_epochs)
+        key = self._open_run(trial)
+        status = trial_outcome(self.last.get(key, trial.last_result or {}), self.spec.budget.max_epochs)
 
-        def job(client):
-            self._plot_last_spectrum(client, run_id)
+        def job(client, run_id):
+            self._plot_last_spectrum(client, key, run_id)
             client.set_tag(run_id, STATUS_TAG, status)
             client.set_terminated(run_id, "FINISHED")
 
-        self.writer.submit(job, f"completion of {run_id}")
+        self._submit(key, job, "completion")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        run_id = self._open_run(trial)
+        key = self._open_run(trial)
         message = ""
         error_file = getattr(trial, "error_file", None)
         if error_file and os.path.exists(error_file):
             message = Path(error_file).read_text(errors="replace")[-4000:]
 
-        def job(client):
-            self._plot_last_spectrum(client, run_id)
+        def job(client, run_id):
+            self._plot_last_spectrum(client, key, run_id)
             client.set_tag(run_id, STATUS_TAG, "failed")
             if message:
                 client.set_tag(run_id, "wcrnn.error", message[-5000:])
             client.set_terminated(run_id, "FAILED")
 
-        self.writer.submit(job, f"failure of {run_id}")
+        self._submit(key, job, "failure")
+
+    @property
+    def tracking_lost(self) -> bool:
+        return self._lost or (self._writer is not None and self._writer.lost)
+
+    def lost_error(self) -> TrackingLost:
+        failures = self.failures
+        return TrackingLost(
+            f"MLflow at {self.uri} was unreachable for more than {self.retry_limit_s:.0f} s "
+            f"(tracking.retry_limit_s), so the sweep stopped; {len(failures)} writes were not recorded"
+            + (f" (first: {failures[0]})" if failures else "")
+            + f". Bring the server back, then continue with `wcrnn sweep resume {self.spec.name}`.")
+
+    def _raise_if_tracking_lost(self) -> None:
+        if self.tracking_lost:
+            raise self.lost_error()
 
     def on_experiment_end(self, trials, **info):
         self.close()
@@ -390,8 +438,10 @@ class MLflowTrialCallback(Callback):
             self._writer.flush()
             self._writer.close()
             self.tracking_seconds += self._writer.busy_seconds
+            self._failures += self._writer.failures
+            self._lost = self._lost or self._writer.lost
             self._writer = None
 
     @property
     def failures(self) -> list[str]:
-        return [] if self._writer is None else list(self._writer.failures)
+        return self._failures + ([] if self._writer is None else list(self._writer.failures))
