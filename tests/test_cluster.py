@@ -11,7 +11,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import free_port, http_ok, wait_for
+from support import free_port, http_ok, kill_processes, wait_for
 import yaml
 from mlflow import MlflowClient
 
@@ -37,19 +36,19 @@ def port_open(port: int) -> bool:
         return False
 
 
-def kill_tree(marker: str, groups: list[int]) -> None:
-    """Kill every process whose command line mentions `marker`, and the process groups we started."""
-    for group in groups:
-        try:
-            os.killpg(group, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if marker in cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                os.kill(int(cmdline.parent.name), signal.SIGKILL)
-        except (OSError, ValueError):
-            pass  # already gone
+def ray_ports(worker_low):
+    """Every port of a Ray node chosen here, so that nodes on one machine do not collide."""
+    return ["--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
+            "--min-worker-port", str(worker_low), "--max-worker-port", str(worker_low + 40),
+            "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+            "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port())]
+
+
+def alive_nodes(cluster) -> list[dict]:
+    done = subprocess.run([str(BIN / "ray"), "list", "nodes", "--address", f"127.0.0.1:{cluster['gcs']}", "--format",
+                           "json", "--filter", "state=ALIVE", "--detail"], env=cluster["env"], capture_output=True,
+                          text=True)
+    return json.loads(done.stdout or "[]") if done.returncode == 0 else []
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +59,9 @@ def cluster(tmp_path_factory):
     token = secrets.token_hex(32)
     env = {**{k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "WCRNN_STORAGE")},
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "PATH": f"{BIN}:{os.environ['PATH']}",
-           "RAY_USAGE_STATS_ENABLED": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+           "RAY_USAGE_STATS_ENABLED": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+           # a node that stops answering is declared dead after 5 missed checks: 5 s here instead of 15 s
+           "RAY_health_check_period_ms": "1000"}
     groups = []
     database = f"wcrnn_test_{secrets.token_hex(4)}"
     import psycopg2
@@ -70,12 +71,6 @@ def cluster(tmp_path_factory):
     admin.cursor().execute(f"CREATE DATABASE {database}")
     try:
         gcs, dashboard, mlflow_port = free_port(), free_port(), free_port()
-
-        def ray_ports(worker_low):
-            return ["--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
-                    "--min-worker-port", str(worker_low), "--max-worker-port", str(worker_low + 40),
-                    "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
-                    "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port())]
 
         def start(command, log):
             process = subprocess.Popen(command, env=env, cwd=base, stdout=open(base / log, "w"),
@@ -101,15 +96,11 @@ def cluster(tmp_path_factory):
         address = f"http://127.0.0.1:{dashboard}"
         wait_for(lambda: port_open(dashboard), 60, "the Ray dashboard")
 
-        def alive_nodes():
-            done = subprocess.run([str(BIN / "ray"), "list", "nodes", "--address", f"127.0.0.1:{gcs}", "--format", "json",
-                                   "--filter", "state=ALIVE"], env=env, capture_output=True, text=True)
-            return done.returncode == 0 and len(json.loads(done.stdout or "[]")) == 2
-
-        wait_for(alive_nodes, 90, "two alive Ray nodes")
-        yield {"address": address, "tracking": tracking, "env": env, "base": base, "gcs": gcs}
+        started = {"address": address, "tracking": tracking, "env": env, "base": base, "gcs": gcs}
+        wait_for(lambda: len(alive_nodes(started)) == 2, 90, "two alive Ray nodes")
+        yield started
     finally:
-        kill_tree(marker, groups)
+        kill_processes(marker, groups)
         shutil.rmtree(short, ignore_errors=True)
         admin.cursor().execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
         admin.close()
@@ -202,19 +193,40 @@ def test_status_logs_and_list_follow_the_job(cluster, submitted):
     assert "trials 4/4 done" in followed
 
 
-def test_stop_ends_a_running_sweep(cluster):
-    spec = spec_file(cluster, "long-sweep", trials=40, epochs=5)
-    info = json.loads(wcrnn(cluster, "sweep", "submit", str(spec), "--address", cluster["address"], "--tracking-uri",
-                            cluster["tracking"], "--storage", str(cluster["base"] / "shared-storage"), "--json").stdout)
+def test_a_stopped_sweep_is_resubmitted_with_resume_and_finishes_without_rerunning(cluster):
+    spec = spec_file(cluster, "long-sweep", trials=6, epochs=4)
+    submit = ["sweep", "submit", str(spec), "--address", cluster["address"], "--tracking-uri", cluster["tracking"],
+              "--storage", str(cluster["base"] / "shared-storage"), "--json"]
+    info = json.loads(wcrnn(cluster, *submit).stdout)
+    client = MlflowClient(cluster["tracking"])
 
-    def running():
-        out = wcrnn(cluster, "sweep", "status", info["job_id"], "--address", cluster["address"], "--json").stdout
-        return json.loads(out)["status"] == "RUNNING"
+    def finished_trials():
+        experiment = client.get_experiment_by_name("long-sweep")
+        return experiment and client.search_runs([experiment.experiment_id], "tags.`wcrnn.status` = 'finished'")
 
-    wait_for(running, 120, "the long sweep to run")
+    done_before = wait_for(finished_trials, 180, "a finished trial")
     stopped = wcrnn(cluster, "sweep", "stop", info["job_id"], "--address", cluster["address"]).stdout
     assert "stop requested" in stopped
     assert wait_job(cluster, info["job_id"], timeout=120) == "STOPPED"
+    experiment_id = client.get_experiment_by_name("long-sweep").experiment_id
+
+    def history(run_id):
+        return [(m.step, m.value) for m in client.get_metric_history(run_id, "val_mse")]
+
+    before = {run.info.run_id: history(run.info.run_id) for run in done_before}
+
+    resumed = json.loads(wcrnn(cluster, *submit, "--resume").stdout)
+    assert wait_job(cluster, resumed["job_id"]) == "SUCCEEDED", \
+        wcrnn(cluster, "sweep", "logs", resumed["job_id"], "--address", cluster["address"]).stdout[-3000:]
+    runs = client.search_runs([experiment_id])
+    assert [run.info.status for run in runs if run.data.tags.get("wcrnn.role") == "sweep"] == ["FINISHED"]
+    trials = [run for run in runs if run.data.tags.get("wcrnn.role") == "trial"]
+    assert len(trials) == 6 and all(run.info.status == "FINISHED" for run in trials)
+    for run in trials:
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_mse"))
+        assert steps == [1, 2, 3, 4], f"every epoch exactly once, got {steps}"
+    for run_id, metrics in before.items():  # finished before the stop: not re-run
+        assert history(run_id) == metrics
 
 
 def test_bad_spec_is_not_submitted(cluster, tmp_path):
@@ -261,3 +273,56 @@ def test_run_from_a_cluster_node_with_an_explicit_address(cluster):
     client = MlflowClient(cluster["tracking"])
     parent = client.get_run(summary["parent_run_id"])
     assert parent.data.tags["wcrnn.ray_address"] == f"127.0.0.1:{cluster['gcs']}"
+
+
+def test_a_lost_worker_nodes_trial_continues_its_run_on_the_other_nodes(cluster):
+    """A third node joins, takes a trial, and is killed without clean-up (SIGKILL) mid-trial."""
+    marker = tempfile.mkdtemp(prefix="wx", dir="/tmp")
+    node = subprocess.Popen([str(BIN / "ray"), "start", "--address", f"127.0.0.1:{cluster['gcs']}", "--node-ip-address",
+                             "127.0.0.1", "--num-cpus", "1", "--resources", '{"doomed": 1}', "--temp-dir", marker,
+                             "--disable-usage-stats", *ray_ports(23000)],
+                            env=cluster["env"], cwd=cluster["base"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        assert node.wait(timeout=120) == 0
+        nodes = wait_for(lambda: [n for n in alive_nodes(cluster) if "doomed" in n.get("resources_total", {})], 90,
+                         "the third node")
+        doomed = nodes[0]["node_id"]
+        path = spec_file(cluster, "lost-node", trials=3, epochs=6)
+        spec = yaml.safe_load(path.read_text())
+        # epochs of about a second, so that the node dies in the middle of its trial
+        spec["task"].update(length=100, num_train=6144)
+        spec["budget"]["max_failures"] = 2
+        spec["resources"]["max_concurrent"] = 3  # one trial per node
+        path.write_text(yaml.safe_dump(spec))
+        info = json.loads(wcrnn(cluster, "sweep", "submit", str(path), "--address", cluster["address"], "--tracking-uri",
+                                cluster["tracking"], "--storage", str(cluster["base"] / "shared-storage"), "--json").stdout)
+        client = MlflowClient(cluster["tracking"])
+
+        def doomed_trial_running():
+            experiment = client.get_experiment_by_name("lost-node")
+            runs = client.search_runs([experiment.experiment_id], f"tags.`wcrnn.node_id` = '{doomed}'") if experiment else []
+            for run in runs:
+                if len(client.get_metric_history(run.info.run_id, "val_mse")) >= 2:
+                    return run
+            return None
+
+        victim = wait_for(doomed_trial_running, 300, "two epochs of a trial on the third node")
+        kill_processes(marker, [node.pid])  # raylet, its agents and its workers: the node is gone
+        status = wait_job(cluster, info["job_id"])
+    finally:
+        kill_processes(marker, [node.pid])
+        shutil.rmtree(marker, ignore_errors=True)
+
+    assert status == "SUCCEEDED", wcrnn(cluster, "sweep", "logs", info["job_id"], "--address", cluster["address"]).stdout[-3000:]
+    experiment_id = client.get_experiment_by_name("lost-node").experiment_id
+    trials = [r for r in client.search_runs([experiment_id]) if r.data.tags.get("wcrnn.role") == "trial"]
+    assert len(trials) == 3, "one run per trial: the restarted trial continues its run"
+    run = client.get_run(victim.info.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["wcrnn.status"] == "finished"
+    assert run.data.tags["wcrnn.restarts"] == "1"  # the restart is visible as a tag
+    assert run.data.tags["wcrnn.node_id"] != doomed  # it ended on a surviving node
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_mse"))
+    assert steps == list(range(1, 7)), f"epochs continue without gaps or duplicates, got {steps}"
+    for other in trials:
+        assert other.info.status == "FINISHED"

@@ -6,9 +6,11 @@ tracking.retry_limit_s the sweep stops with a clear error instead of losing resu
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow import MlflowClient
-from support import free_port, http_ok, wait_for
+from support import free_port, http_ok, kill_processes, wait_for
 
 WCRNN = [sys.executable, "-m", "wcrnn.cli"]
 BIN = Path(sys.executable).parent
@@ -56,7 +58,7 @@ def server(tmp_path):
     tracking.stop()
 
 
-def spec_file(folder: Path, retry_limit_s: float) -> Path:
+def spec_file(folder: Path, retry_limit_s: float, trials: int = 2) -> Path:
     spec = {
         "name": "outage",
         # epochs of about a second, so that several are reported while the server is away
@@ -65,7 +67,7 @@ def spec_file(folder: Path, retry_limit_s: float) -> Path:
         "training": {"optimizer": "adam", "batch_size": 64},
         "search_space": {"lr": {"distribution": "loguniform", "low": 1e-3, "high": 1e-2}},
         "objective": {"metric": "val_mse", "mode": "min"},
-        "budget": {"num_trials": 2, "max_epochs": EPOCHS},
+        "budget": {"num_trials": trials, "max_epochs": EPOCHS},
         "search": {"algorithm": "random", "seed": 0},
         "resources": {"cpu": 1, "max_concurrent": 2},
         "lyapunov": {"every": 0, "at_end": True, "num_sequences": 4},
@@ -77,13 +79,13 @@ def spec_file(folder: Path, retry_limit_s: float) -> Path:
 
 
 @contextmanager
-def sweep_after_first_epoch(folder: Path, server: TrackingServer, retry_limit_s: float):
+def sweep_after_first_epoch(folder: Path, server: TrackingServer, retry_limit_s: float, trials: int = 2, env=ENV):
     """A `wcrnn sweep run` against the server, handed over once its first epoch is in MLflow."""
     workdir = folder / "work"
     workdir.mkdir()
-    sweep = subprocess.Popen([*WCRNN, "sweep", "run", str(spec_file(folder, retry_limit_s)), "--tracking-uri", server.uri],
-                             cwd=workdir, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             start_new_session=True)
+    sweep = subprocess.Popen([*WCRNN, "sweep", "run", str(spec_file(folder, retry_limit_s, trials)), "--tracking-uri",
+                              server.uri], cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)
     try:
         wait_for(lambda: first_epoch_logged(server) or sweep.poll() is not None, 180, "the first logged epoch")
         assert sweep.poll() is None, sweep.communicate()[1][-3000:]
@@ -135,3 +137,35 @@ def test_an_outage_longer_than_the_limit_stops_the_sweep_clearly(tmp_path, serve
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and server.uri in last and "unreachable for more than 3 s" in last, last
     assert "wcrnn sweep resume outage" in last
+
+
+def test_a_killed_driver_is_resumed_without_orphans_gaps_or_duplicates(tmp_path, server):
+    ray_temp = Path(tempfile.mkdtemp(prefix="wcr", dir="/tmp"))  # short (Ray's socket paths); marks our Ray's processes
+    env = {**ENV, "RAY_TMPDIR": str(ray_temp)}
+    client = MlflowClient(server.uri)
+    try:
+        with sweep_after_first_epoch(tmp_path, server, retry_limit_s=120, trials=3, env=env) as sweep:
+            state = tmp_path / "work" / "wcrnn_runs" / "outage"
+            wait_for(lambda: list(state.glob("experiment_state*.json")), 60, "Tune's first saved state")
+            os.killpg(sweep.pid, signal.SIGKILL)  # the driver and the local Ray it started, no cleanup
+            sweep.wait(timeout=30)
+        kill_processes(str(ray_temp))
+        experiment_id = client.get_experiment_by_name("outage").experiment_id
+        orphans = client.search_runs([experiment_id], "attributes.status = 'RUNNING'")
+        assert orphans, "the kill should leave runs open, or this test proves nothing"
+
+        resumed = subprocess.run([*WCRNN, "sweep", "resume", "outage"], cwd=tmp_path / "work", env=env,
+                                 capture_output=True, text=True, timeout=600)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+    finally:
+        kill_processes(str(ray_temp))
+        shutil.rmtree(ray_temp, ignore_errors=True)
+
+    runs = client.search_runs([experiment_id])
+    assert not [run.info.run_id for run in runs if run.info.status == "RUNNING"], "no run may stay RUNNING"
+    trials = [run for run in runs if run.data.tags.get("wcrnn.role") == "trial"]
+    assert len(trials) == 3, "one run per trial: a resumed trial continues its run"
+    for run in trials:
+        assert run.info.status == "FINISHED", run.data.tags
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_mse"))
+        assert steps == list(range(1, EPOCHS + 1)), f"every epoch exactly once, got {steps}"

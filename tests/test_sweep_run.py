@@ -7,6 +7,8 @@ runs it, and everything is read back with MlflowClient.
 import json
 import math
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,6 +76,9 @@ def test_quickstart_leaves_a_parent_run_and_one_child_per_trial(quickstart):
     assert parent.data.metrics["best_val_mse"] == pytest.approx(best_value)
     assert summary["best"]["run_id"] == best
     assert "trials 8/8 done" in log and "best val_mse=" in log  # the live progress line
+    # in a log (not a terminal) each trial's start and end is a line with the status after it
+    assert len(re.findall(r"^started \S+  \[trials \d/8 done · \d running", log, re.MULTILINE)) == 8
+    assert len(re.findall(r"^(finished|stopped|diverged) \S+ after \d epochs: val_mse=\S+  \[trials", log, re.MULTILINE)) == 8
 
 
 def test_sampled_hyperparameters_are_logged_inside_their_bounds(quickstart):
@@ -187,20 +192,27 @@ def finished_children(workdir, name):
     return [c for c in children if c.data.tags.get("wcrnn.status") == "finished"]
 
 
-def test_resume_finishes_an_interrupted_sweep_without_rerunning_finished_trials(tmp_path):
-    spec = small_spec("resumable", budget={"num_trials": 5, "max_epochs": 3},
-                      resources={"cpu": 1, "max_concurrent": 1})
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
-    process = subprocess.Popen([*WCRNN, "sweep", "run", "spec.yaml"], cwd=tmp_path, env=ENV,
+def interrupted_sweep(workdir: Path, spec: dict, ready, what: str) -> str:
+    """Run the spec in `workdir`, press Ctrl-C (SIGINT) once `ready()`, check exit 130; returns stderr."""
+    (workdir / "spec.yaml").write_text(yaml.safe_dump(spec))
+    process = subprocess.Popen([*WCRNN, "sweep", "run", "spec.yaml"], cwd=workdir, env=ENV,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: len(finished_children(tmp_path, "resumable")) >= 2, 240, "two finished trials")
+        wait_for(ready, 240, what)
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
             process.kill()
     assert process.returncode == 130, stderr[-2000:]
+    return stderr
+
+
+def test_resume_finishes_an_interrupted_sweep_without_rerunning_finished_trials(tmp_path):
+    spec = small_spec("resumable", budget={"num_trials": 5, "max_epochs": 3},
+                      resources={"cpu": 1, "max_concurrent": 1})
+    stderr = interrupted_sweep(tmp_path, spec, lambda: len(finished_children(tmp_path, "resumable")) >= 2,
+                               "two finished trials")
     assert "wcrnn sweep resume resumable" in stderr
     client, parents, before = runs_of(tmp_path, "resumable")
     assert parents[0].info.status == "KILLED"
@@ -222,3 +234,87 @@ def test_resume_finishes_an_interrupted_sweep_without_rerunning_finished_trials(
     for child in after:
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_mse")]
         assert sorted(set(steps)) == [1, 2, 3]  # every trial reached every epoch
+
+
+# -- a trial that raises -------------------------------------------------------------------------
+
+def test_a_trial_that_raises_is_retried_then_recorded_as_failed_and_the_sweep_goes_on(tmp_path):
+    # The commonest real failure of a sweep over sizes: a model too big for the memory. Here the
+    # recurrent matrix alone would need 10 PB, so allocating it raises at once, on every attempt.
+    huge = 50_000_000
+    spec = small_spec("raising", search_space={"hidden_size": {"distribution": "categorical", "choices": [8, huge]}},
+                      budget={"num_trials": 4, "max_epochs": 2, "max_failures": 1})
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    done = subprocess.run([*WCRNN, "sweep", "run", "spec.yaml", "--json"], cwd=tmp_path, env=ENV,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]  # failed trials are results, not a failed sweep
+    summary = json.loads(done.stdout)
+    _, parents, children = runs_of(tmp_path, "raising")
+    assert parents[0].info.status == "FINISHED" and len(children) == 4  # one run per trial, retries included
+    failed = [c for c in children if int(c.data.params["model.hidden_size"]) == huge]
+    healthy = [c for c in children if int(c.data.params["model.hidden_size"]) == 8]
+    assert failed and healthy, "the seed should sample both sizes, or this test proves less"
+    for child in failed:
+        assert child.info.status == "FAILED" and child.data.tags["wcrnn.status"] == "failed"
+        assert "allocate" in child.data.tags["wcrnn.error"], child.data.tags["wcrnn.error"][-500:]
+        assert child.data.tags["wcrnn.restarts"] == "1"  # budget.max_failures = 1: one retry, then failed
+        assert "val_mse" not in child.data.metrics
+    for child in healthy:
+        assert child.info.status == "FINISHED" and child.data.tags["wcrnn.status"] == "finished"
+        assert "wcrnn.restarts" not in child.data.tags
+    assert summary["counts"] == {"failed": len(failed), "finished": len(healthy)}
+    assert int(summary["best"]["params"]["model.hidden_size"]) == 8
+    assert len(re.findall(r"^failed \S+: see \S+error\.txt", done.stderr, re.MULTILINE)) == len(failed)
+
+
+# -- corrupt and missing checkpoints on resume ---------------------------------------------------
+
+def trial_epochs(workdir, name) -> dict:
+    """trial_id -> epochs in MLflow (empty before the database exists)."""
+    try:
+        client, _, children = runs_of(workdir, name)
+    except Exception:
+        return {}
+    return {c.data.tags["wcrnn.trial_id"]: [m.step for m in client.get_metric_history(c.info.run_id, "val_mse")]
+            for c in children}
+
+
+def test_a_corrupt_or_missing_checkpoint_on_resume_is_named_and_the_trial_falls_back(tmp_path):
+    epochs = 6
+    spec = small_spec("fallback", budget={"num_trials": 2, "max_epochs": epochs},
+                      # epochs of about a second, so that the sweep is interrupted in the middle
+                      task={"name": "adding", "length": 100, "num_train": 6144, "num_val": 128, "num_test": 128})
+    interrupted_sweep(tmp_path, spec, lambda: len([e for e in trial_epochs(tmp_path, "fallback").values()
+                                                   if len(e) >= 3]) == 2, "three epochs of both trials")
+    before = trial_epochs(tmp_path, "fallback")
+    assert all(len(steps) < epochs for steps in before.values()), "interrupted too late to prove anything"
+
+    # Trial 1: every checkpoint but its oldest is garbage. Trial 2: all its checkpoints are gone.
+    trial_dirs = sorted((tmp_path / "wcrnn_runs" / "fallback").glob("wcrnn_trial_*"))
+    assert len(trial_dirs) == 2
+    corrupted_dir, emptied_dir = trial_dirs
+    checkpoints = sorted(corrupted_dir.glob("checkpoint_*"))
+    assert len(checkpoints) >= 2, "Tune keeps checkpoints.num_to_keep = 2"
+    for folder in checkpoints[1:]:
+        (folder / "checkpoint.pt").write_bytes(b"\x00not a checkpoint" * 100)
+    for folder in emptied_dir.glob("checkpoint_*"):
+        shutil.rmtree(folder)
+
+    resumed = sweep(tmp_path, "resume", "fallback")
+
+    client, parents, children = runs_of(tmp_path, "fallback")
+    assert parents[0].info.status == "FINISHED" and len(children) == 2
+    notices = {}
+    for child in children:
+        assert child.info.status == "FINISHED" and child.data.tags["wcrnn.status"] == "finished"
+        steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "val_mse"))
+        assert steps == list(range(1, epochs + 1)), f"every epoch exactly once, got {steps}"
+        notices[child.data.tags["wcrnn.trial_id"]] = child.data.tags["wcrnn.checkpoint_notice"]
+    corrupted = next(n for t, n in notices.items() if t in corrupted_dir.name)
+    emptied = next(n for t, n in notices.items() if t in emptied_dir.name)
+    # Tune restores the newest checkpoint it recorded (the trial may have written one more on its way out)
+    assert re.match(rf"{corrupted_dir}/checkpoint_\d+/checkpoint.pt: unreadable checkpoint \(corrupt", corrupted)
+    assert corrupted.endswith(f"continuing from {checkpoints[0]} instead")
+    assert emptied.startswith(f"checkpoint not found: {emptied_dir}/checkpoint_")
+    assert emptied.endswith("no readable checkpoint left, so the trial restarts from scratch")
+    assert f"{corrupted_dir}/checkpoint_" in resumed.stderr  # the user sees it in the terminal too

@@ -166,6 +166,8 @@ def submit(
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow server the cluster logs to (sets MLFLOW_TRACKING_URI for the job)."),
     storage: Optional[str] = typer.Option(None, help="Shared trial storage for all nodes: a shared path or s3://bucket/prefix."),
     overrides: Optional[List[str]] = SET_OPT,
+    resume: bool = typer.Option(False, "--resume", help="Continue this spec's sweep (stopped, or its driver lost) "
+                                "from the same --storage instead of starting it: finished trials are not re-run."),
     as_json: bool = typer.Option(False, "--json", help="Print job id and URLs as JSON."),
 ):
     """Validate a spec here, then run it on a Ray cluster as a Ray Job (prints the job id and where to watch)."""
@@ -174,7 +176,7 @@ def submit(
 
     def action():
         loaded, _ = load_spec(spec, overrides)
-        return submit_sweep(loaded, address, tracking_uri, storage)
+        return submit_sweep(loaded, address, tracking_uri, storage, resume=resume)
 
     info = run_guarded(action)
     if as_json:

@@ -58,15 +58,22 @@ def job_client(address: str | None):
 
 
 def submit_sweep(spec: SweepSpec, address: str | None, tracking_uri: str | None = None,
-                 storage: str | None = None, submission_id: str | None = None) -> dict:
-    """Submit a validated sweep as a Ray Job; returns job id and the URLs to follow it."""
+                 storage: str | None = None, submission_id: str | None = None, resume: bool = False) -> dict:
+    """Submit a validated sweep as a Ray Job; returns job id and the URLs to follow it.
+
+    `resume=True` submits `wcrnn sweep resume NAME` instead: it continues the sweep of that name
+    in the storage (after its job was stopped or its driver lost), with the tracking server it began with.
+    """
     client = job_client(address)
     env = {key: os.environ[key] for key in FORWARDED_ENV if os.environ.get(key)}
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
     if storage:
         env["WCRNN_STORAGE"] = storage
-    command = ["wcrnn", "sweep", "run", "spec.yaml", "--address", "auto"]
+    if resume:
+        command = ["wcrnn", "sweep", "resume", spec.name, "--address", "auto"]
+    else:
+        command = ["wcrnn", "sweep", "run", "spec.yaml", "--address", "auto"]
     submission_id = submission_id or f"wcrnn-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     with tempfile.TemporaryDirectory(prefix="wcrnn-job-") as folder:
         # The validated spec (overrides applied) travels as the job's working directory.

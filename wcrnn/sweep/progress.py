@@ -10,6 +10,7 @@ import math
 
 from ray.tune import Callback
 from rich.console import Console
+from rich.text import Text
 
 from .spec import SweepSpec
 from .trainable import trial_outcome
@@ -45,7 +46,8 @@ class ProgressCallback(Callback):
         return (f"trials {done}/{self.total} done · {counts['running']} running · {counts['finished']} finished · "
                 f"{counts['stopped']} stopped early · {counts['diverged']} diverged · {counts['failed']} failed · {best}")
 
-    def _show(self, event: str | None = None) -> None:
+    def _show(self, event: str | Text | None = None) -> None:
+        event = Text(event) if isinstance(event, str) else event  # trial names and paths are not Rich markup
         if self.console.is_terminal:
             if self._live is None:
                 from rich.live import Live
@@ -56,7 +58,7 @@ class ProgressCallback(Callback):
                 self._live.console.print(event, highlight=False)
             self._live.update(self.line())
         elif event:
-            self.console.print(f"{event}  [{self.line()}]", highlight=False, soft_wrap=True)
+            self.console.print(event.append(f"  [{self.line()}]"), highlight=False, soft_wrap=True)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.status[trial.trial_id] = "running"
@@ -69,7 +71,8 @@ class ProgressCallback(Callback):
             better = self.best is None or (value < self.best[0] if self.mode == "min" else value > self.best[0])
             if better:
                 self.best = (float(value), str(trial))
-        self._show()
+        notice = result.get("checkpoint_notice")
+        self._show(Text.assemble(("warning:", "yellow"), f" {trial}: {notice}") if notice else None)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = self.last.get(trial.trial_id, {})

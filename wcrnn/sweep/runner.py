@@ -178,7 +178,8 @@ def _scheduler(spec: SweepSpec):
     if spec.scheduler.kind == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
-        return ASHAScheduler(time_attr="training_iteration", max_t=spec.budget.max_epochs,
+        # epochs, not Tune's report count: a trial that falls back to an older checkpoint repeats epochs
+        return ASHAScheduler(time_attr="epoch", max_t=spec.budget.max_epochs,
                              grace_period=min(spec.scheduler.grace_period, spec.budget.max_epochs),
                              reduction_factor=spec.scheduler.reduction_factor)
     return None
@@ -187,10 +188,10 @@ def _scheduler(spec: SweepSpec):
 def _trainable(spec: SweepSpec, task):
     from ray import tune
 
-    from .trainable import wcrnn_trial
+    from .trainable import sweep_trainable
 
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-    return tune.with_resources(tune.with_parameters(wcrnn_trial, spec_json=spec.model_dump_json(), task=task), resources)
+    return tune.with_resources(sweep_trainable(spec, task), resources)
 
 
 def _load_task(spec: SweepSpec):
@@ -296,8 +297,9 @@ def _fit_and_finish(tuner, spec: SweepSpec, metadata: dict, callback: MLflowTria
         callback.close()
         if callback.tracking_lost or callback.failures:
             raise callback.lost_error()
-    # After a first Ctrl-C, Tune saves its state and returns normally with trials unfinished.
-    unfinished = len(results) - results.num_terminated - results.num_errors
+    # After a first Ctrl-C, Tune saves its state and returns normally with trials unfinished. It
+    # counts a trial it stopped there as terminated, but its MLflow run was never ended.
+    unfinished = max(len(results) - results.num_terminated - results.num_errors, len(_open_trial_runs(client, metadata)))
     missing = spec.budget.num_trials - len(results) if not spec.budget.time_budget_s else 0
     if unfinished > 0 or missing > 0:
         _mark_interrupted(client, metadata, callback)
@@ -323,14 +325,18 @@ def _import_report_libraries() -> None:
         pass
 
 
+def _open_trial_runs(client, metadata: dict) -> list:
+    parent = metadata["parent_run_id"]
+    return client.search_runs([metadata["experiment_id"]], max_results=10_000,
+                              filter_string=f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'")
+
+
 def _mark_interrupted(client, metadata: dict, callback: MLflowTrialCallback | None) -> None:
     """Leave no run RUNNING: open trials and the parent are closed as KILLED until `resume` reopens them."""
     if callback is not None:
         callback.close()
     parent = metadata["parent_run_id"]
-    open_runs = client.search_runs([metadata["experiment_id"]], max_results=10_000,
-                                   filter_string=f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'")
-    for run in open_runs:
+    for run in _open_trial_runs(client, metadata):
         client.set_tag(run.info.run_id, "wcrnn.status", "interrupted")
         client.set_terminated(run.info.run_id, "KILLED")
     client.set_tag(parent, "wcrnn.status", "interrupted")

@@ -218,6 +218,7 @@ class MLflowTrialCallback(Callback):
         self.rendering_seconds = 0.0  # of which drawing plots for MLflow
         self.last_spectrum: dict[str, dict] = {}  # trial_id -> last Lyapunov spectrum, plotted when the trial ends
         self._opening: set[str] = set()  # trials whose run-opening job is queued
+        self.logged_through: dict[str, int] = {}  # trial_id -> last epoch whose metrics are in MLflow
         self._failures: list[str] = []  # writes given up on, kept after the writer closes
         self._lost = False
         self._writer: _Writer | None = None
@@ -246,10 +247,12 @@ class MLflowTrialCallback(Callback):
         return self._writer
 
     def get_state(self):
-        return {"run_ids": dict(self.run_ids), "best": dict(self.best), "last_spectrum": dict(self.last_spectrum)}
+        return {"best": dict(self.best), "last_spectrum": dict(self.last_spectrum)}
 
     def set_state(self, state):
-        self.run_ids.update(state.get("run_ids", {}))
+        # Run ids are not restored: Tune saves this state every few seconds, so after a crash it can
+        # be behind MLflow. Each trial finds its run again by its tag (see _open_run) and reads which
+        # epochs MLflow already has.
         self.best.update(state.get("best", {}))
         self.last_spectrum.update(state.get("last_spectrum", {}))
 
@@ -282,9 +285,11 @@ class MLflowTrialCallback(Callback):
             existing = client.search_runs(
                 [self.experiment_id], max_results=1,
                 filter_string=f"tags.{TRIAL_TAG} = '{key}' and tags.mlflow.parentRunId = '{self.parent_run_id}'")
-            if existing:
+            if existing:  # after a resume: continue the same run, after the epochs it already has
                 run_id = existing[0].info.run_id
                 client.update_run(run_id, status="RUNNING")
+                steps = [m.step for m in client.get_metric_history(run_id, self.spec.objective.metric)]
+                self.logged_through[key] = max(steps, default=0)
             else:
                 run_id = client.create_run(self.experiment_id, run_name=name, tags={
                     "mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: key, SWEEP_TAG: self.spec.name,
@@ -330,7 +335,20 @@ class MLflowTrialCallback(Callback):
                 RunTag("wcrnn.node_id", str(result.get("node_id", "")))]
         if result.get("status") == "diverged":
             tags.append(RunTag(STATUS_TAG, "diverged"))
-        self._submit(key, lambda c, run_id: c.log_batch(run_id, metrics=metrics, tags=tags), f"epoch {step}")
+        notice = result.get("checkpoint_notice")
+
+        def job(client, run_id):
+            if notice:
+                client.set_tag(run_id, "wcrnn.checkpoint_notice", str(notice)[:5000])
+            # A trial restored from a checkpoint older than its last logged epoch (a lost worker, a
+            # driver killed between a report and Tune's next state save, a corrupt checkpoint)
+            # reports those epochs again: MLflow keeps the first report of each.
+            if step <= self.logged_through.get(key, 0):
+                return
+            client.log_batch(run_id, metrics=metrics, tags=tags)
+            self.logged_through[key] = step
+
+        self._submit(key, job, f"epoch {step}")
         if result.get("lyapunov_spectrum"):
             self._log_spectrum(key, step, result)
 

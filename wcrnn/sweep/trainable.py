@@ -6,17 +6,24 @@ resume the trial on any node and ASHA can stop it early. The task's data arrive 
 shared by every trial on a node instead of being loaded once per trial.
 
 A trial never talks to MLflow; the driver's tracking callback does that from the reports.
+
+A trial restored by Tune (after a lost worker or a resumed sweep) whose checkpoint is corrupt or
+missing says so, naming the file, and continues from its newest readable older checkpoint, or
+from scratch when none is left; the notice rides on its next report (`checkpoint_notice`).
 """
 
 from __future__ import annotations
 
 import math
+import re
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-from ..checkpoint import CHECKPOINT_FILE
+from ..checkpoint import CHECKPOINT_FILE, load_checkpoint
+from ..errors import CheckpointError
 from ..train import train
 from .spec import SweepSpec, metric_mode
 
@@ -58,7 +65,10 @@ def wcrnn_trial(config: dict, spec_json: str, task) -> None:
     settings.training.device = "cuda" if gpu_assigned and torch.cuda.is_available() else "cpu"
 
     def report(metrics: dict, save) -> bool:
+        nonlocal notice
         values = {**tune_metrics(metrics, spec), "node_id": node_id}
+        if notice:
+            values["checkpoint_notice"], notice = notice, None
         if metrics.get("status") == DIVERGED:
             tune.report(values)
             return True
@@ -67,14 +77,95 @@ def wcrnn_trial(config: dict, spec_json: str, task) -> None:
             tune.report(values, checkpoint=tune.Checkpoint.from_directory(folder))
         return False
 
-    resume_from = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            local = Path(tempfile.mkdtemp(prefix="wcrnn-resume-"))
-            (local / CHECKPOINT_FILE).write_bytes((Path(folder) / CHECKPOINT_FILE).read_bytes())
-            resume_from = local / CHECKPOINT_FILE
-    train(settings, callback=report, resume_from=resume_from, task=task)
+    with tempfile.TemporaryDirectory(prefix="wcrnn-resume-") as scratch:
+        resume_from, notice = None, None
+        if tune.get_checkpoint() is not None:
+            resume_from, notice = readable_checkpoint(tune.get_checkpoint(), Path(scratch))
+        if notice:
+            print(f"wcrnn: {notice}", file=sys.stderr)  # the trial's log; the driver shows the report's copy
+        train(settings, callback=report, resume_from=resume_from, task=task)
+
+
+def sweep_trainable(spec: SweepSpec, task):
+    """`wcrnn_trial` as a Tune trainable, with the spec and the shared task bound to it."""
+    from ray import tune
+
+    trainable = tune.with_parameters(wcrnn_trial, spec_json=spec.model_dump_json(), task=task)
+    trainable.__mixins__ = (RestoreDespiteMissingCheckpoint,)  # Tune's hook for extending function trainables
+    return trainable
+
+
+class RestoreDespiteMissingCheckpoint:
+    """Plain Tune fails a trial whose checkpoint folder is gone, on every retry. Let it start instead:
+    `wcrnn_trial` names the missing folder and continues from an older checkpoint, or from scratch."""
+
+    def restore(self, checkpoint_path):
+        from ray.train._internal.storage import _exists_at_fs_path
+
+        checkpoint = getattr(checkpoint_path, "checkpoint", None)
+        if checkpoint is not None and not _exists_at_fs_path(checkpoint.filesystem, checkpoint.path):
+            self.load_checkpoint(checkpoint_path)  # hands it to wcrnn_trial as tune.get_checkpoint()
+            return
+        super().restore(checkpoint_path)
+
+
+CHECKPOINT_DIR = re.compile(r"^checkpoint_(\d+)$")  # how Tune names a trial's checkpoints
+
+
+def readable_checkpoint(checkpoint, scratch: Path) -> tuple[Path | None, str | None]:
+    """(copy in `scratch` of the newest readable checkpoint, notice) starting from Tune's latest one.
+
+    Older candidates are the trial's other `checkpoint_NNNNNN` folders (Tune keeps
+    `checkpoints.num_to_keep` of them). The notice is None when the latest one is fine.
+    """
+    from ray import tune
+
+    candidates = [checkpoint.path] + _older_checkpoints(checkpoint)
+    problems = []
+    for index, path in enumerate(candidates):
+        try:
+            local = _fetch(tune.Checkpoint(path, filesystem=checkpoint.filesystem), path, scratch / str(index))
+        except CheckpointError as error:
+            problems.append(str(error))
+            continue
+        if not problems:
+            return local, None
+        return local, f"{'; '.join(problems)}; continuing from {path} instead"
+    return None, f"{'; '.join(problems)}; no readable checkpoint left, so the trial restarts from scratch"
+
+
+def _older_checkpoints(checkpoint) -> list[str]:
+    import pyarrow.fs
+
+    latest = Path(checkpoint.path)
+    match = CHECKPOINT_DIR.match(latest.name)
+    if match is None:
+        return []
+    try:
+        entries = checkpoint.filesystem.get_file_info(pyarrow.fs.FileSelector(str(latest.parent)))
+    except OSError:  # the trial's folder is gone too
+        return []
+    older = [(int(m.group(1)), entry.path) for entry in entries
+             if entry.type == pyarrow.fs.FileType.Directory and (m := CHECKPOINT_DIR.match(Path(entry.path).name))
+             and int(m.group(1)) < int(match.group(1))]
+    return [path for _, path in sorted(older, reverse=True)]
+
+
+def _fetch(checkpoint, shown: str, folder: Path) -> Path:
+    """Copy a Tune checkpoint's file into `folder` and check that it loads; errors name `shown`."""
+    named = f"{shown.rstrip('/')}/{CHECKPOINT_FILE}"
+    folder.mkdir(parents=True)
+    local = folder / CHECKPOINT_FILE
+    try:
+        with checkpoint.as_directory() as downloaded:
+            local.write_bytes((Path(downloaded) / CHECKPOINT_FILE).read_bytes())
+    except OSError:  # FileNotFoundError included
+        raise CheckpointError(f"checkpoint not found: {named}") from None
+    try:
+        load_checkpoint(local)
+    except CheckpointError as error:
+        raise CheckpointError(str(error).replace(str(local), named)) from None
+    return local
 
 
 def _node_id() -> str:
