@@ -192,6 +192,10 @@ def finished_children(workdir, name):
     return [c for c in children if c.data.tags.get("wcrnn.status") == "finished"]
 
 
+# epochs of about a second, so that a sweep is surely interrupted in the middle
+SLOW_TASK = {"name": "adding", "length": 100, "num_train": 6144, "num_val": 128, "num_test": 128}
+
+
 def interrupted_sweep(workdir: Path, spec: dict, ready, what: str) -> str:
     """Run the spec in `workdir`, press Ctrl-C (SIGINT) once `ready()`, check exit 130; returns stderr."""
     (workdir / "spec.yaml").write_text(yaml.safe_dump(spec))
@@ -210,7 +214,7 @@ def interrupted_sweep(workdir: Path, spec: dict, ready, what: str) -> str:
 
 def test_resume_finishes_an_interrupted_sweep_without_rerunning_finished_trials(tmp_path):
     spec = small_spec("resumable", budget={"num_trials": 5, "max_epochs": 3},
-                      resources={"cpu": 1, "max_concurrent": 1})
+                      resources={"cpu": 1, "max_concurrent": 1}, task=SLOW_TASK)
     stderr = interrupted_sweep(tmp_path, spec, lambda: len(finished_children(tmp_path, "resumable")) >= 2,
                                "two finished trials")
     assert "wcrnn sweep resume resumable" in stderr
@@ -281,9 +285,7 @@ def trial_epochs(workdir, name) -> dict:
 
 def test_a_corrupt_or_missing_checkpoint_on_resume_is_named_and_the_trial_falls_back(tmp_path):
     epochs = 6
-    spec = small_spec("fallback", budget={"num_trials": 2, "max_epochs": epochs},
-                      # epochs of about a second, so that the sweep is interrupted in the middle
-                      task={"name": "adding", "length": 100, "num_train": 6144, "num_val": 128, "num_test": 128})
+    spec = small_spec("fallback", budget={"num_trials": 2, "max_epochs": epochs}, task=SLOW_TASK)
     interrupted_sweep(tmp_path, spec, lambda: len([e for e in trial_epochs(tmp_path, "fallback").values()
                                                    if len(e) >= 3]) == 2, "three epochs of both trials")
     before = trial_epochs(tmp_path, "fallback")
