@@ -146,6 +146,29 @@ def sweep_spec(trials: int, epochs: int, num_train: int, length: int, hidden_siz
     }
 
 
+def calibrated_num_train(trial_seconds: float, epochs: int, length: int, hidden_size: int, probe: int = 2048) -> int:
+    """The training-set size that makes a trial of `sweep_spec` take about `trial_seconds` on this machine.
+
+    Times epochs on a probe-sized set, on one thread as a trial runs, and scales the set with the
+    median epoch: an epoch's time grows in proportion to the number of training sequences.
+    """
+    import statistics
+
+    from wcrnn.sweep import SweepSpec
+    from wcrnn.train import train
+
+    fields = {**sweep_spec(1, 3, probe, length, hidden_size), "lyapunov": {"every": 0, "at_end": False}}
+    config = SweepSpec.model_validate(fields).trial_run_config({"training.lr": 3e-3, "model.r": 0.95, "model.gamma": 0.05})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        epoch_seconds = statistics.median(epoch["epoch_time"] for epoch in train(config).history)
+    finally:
+        torch.set_num_threads(threads)
+    batch = fields["training"]["batch_size"]
+    return max(batch, round(probe * trial_seconds / epochs / epoch_seconds / batch) * batch)
+
+
 def sweep_rows(spec_fields: dict) -> list[dict]:
     import yaml
     from mlflow import MlflowClient
@@ -265,7 +288,8 @@ def main(
         results["lyapunov"] = lyapunov_rows(16, 100, 4, 1) if smoke else lyapunov_rows(128, 784, 32, 2)
     if "sweep" in sections:
         print("sweep overhead ...", flush=True)
-        fields = sweep_spec(2, 1, 256, 20, 8) if smoke else sweep_spec(8, 4, 12288, 200, 64)
+        # The target's sweep: 8 trials of about 20 s each (4 epochs), 2 at a time on 2 cores.
+        fields = sweep_spec(2, 1, 256, 20, 8) if smoke else sweep_spec(8, 4, calibrated_num_train(20, 4, 200, 64), 200, 64)
         results["sweep"] = sweep_rows(fields)
     output.mkdir(parents=True, exist_ok=True)
     (output / "benchmark.json").write_text(json.dumps(results, indent=1) + "\n")

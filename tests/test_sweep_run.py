@@ -81,6 +81,24 @@ def test_quickstart_leaves_a_parent_run_and_one_child_per_trial(quickstart):
     assert len(re.findall(r"^(finished|stopped|diverged) \S+ after \d epochs: val_mse=\S+  \[trials", log, re.MULTILINE)) == 8
 
 
+def test_the_local_tracking_database_is_left_in_write_ahead_log_mode(quickstart):
+    import sqlite3
+    from contextlib import closing
+
+    workdir, _, _ = quickstart
+    with closing(sqlite3.connect(workdir / "mlflow.db")) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    runs_of(workdir, "quickstart")  # MLflow reads it as before
+
+
+def test_write_ahead_log_creates_no_database_and_leaves_servers_alone(tmp_path):
+    from wcrnn.sweep.tracking import use_write_ahead_log
+
+    use_write_ahead_log(f"sqlite:///{tmp_path / 'absent.db'}")
+    use_write_ahead_log("http://127.0.0.1:9")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_sampled_hyperparameters_are_logged_inside_their_bounds(quickstart):
     workdir, _, _ = quickstart
     bounds = yaml.safe_load((ROOT / "sweeps" / "quickstart.yaml").read_text())["search_space"]

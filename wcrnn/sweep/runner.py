@@ -22,7 +22,8 @@ from urllib.parse import urlparse
 
 from ..errors import ConfigError, ServiceUnavailable
 from .spec import SweepSpec, metric_mode
-from .tracking import MLflowTrialCallback, SweepTracker, check_tracking_server, default_tracking_uri
+from .tracking import (MLflowTrialCallback, SweepTracker, check_tracking_server, default_tracking_uri,
+                       use_write_ahead_log)
 
 METADATA_FILE = "wcrnn-sweep.json"
 DEFAULT_STORAGE = "wcrnn_runs"
@@ -216,6 +217,7 @@ def run_sweep(spec: SweepSpec, spec_text: str, *, address: str | None = None, tr
     quiet_libraries()
     uri = tracking_uri or spec.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
     check_tracking_server(uri)
+    use_write_ahead_log(uri)
     root = storage_root(storage, spec)
     path = f"{root}/{spec.name}"
     storage_path, filesystem = storage_filesystem(root)
@@ -266,6 +268,7 @@ def resume_sweep(name_or_path: str, *, address: str | None = None, storage: str 
     spec = SweepSpec.model_validate(metadata["spec"])
     uri = metadata["tracking_uri"]
     check_tracking_server(uri)
+    use_write_ahead_log(uri)
     path = metadata["path"]
     inner, filesystem = storage_filesystem(path)
     if not tune.Tuner.can_restore(inner, storage_filesystem=filesystem):
