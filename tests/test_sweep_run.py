@@ -99,6 +99,22 @@ def test_write_ahead_log_creates_no_database_and_leaves_servers_alone(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_missing_data_stops_the_sweep_before_any_run_with_the_data_message(tmp_path):
+    # The data load while Ray starts (runner._start_ray_while_loading); their error still ends the sweep.
+    spec = tmp_path / "missing.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "missing-data", "task": {"name": "smnist", "source": "torchvision", "root": "nodata"},
+        "model": {"name": "wcrnn", "hidden_size": 16, "residual": "rotational"},
+        "search_space": {"lr": {"distribution": "loguniform", "low": 1e-3, "high": 1e-2}},
+        "objective": {"metric": "val_accuracy", "mode": "max"}, "budget": {"num_trials": 2, "max_epochs": 1}}))
+    done = subprocess.run([*WCRNN, "sweep", "run", str(spec)], cwd=tmp_path, env=ENV, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "error: MNIST not found under 'nodata'" in done.stderr and "Traceback" not in done.stderr
+    assert MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_experiment_by_name("missing-data") is None
+    assert not (tmp_path / "wcrnn_runs").exists()
+
+
 def test_sampled_hyperparameters_are_logged_inside_their_bounds(quickstart):
     workdir, _, _ = quickstart
     bounds = yaml.safe_load((ROOT / "sweeps" / "quickstart.yaml").read_text())["search_space"]

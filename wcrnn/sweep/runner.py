@@ -16,14 +16,19 @@ import logging
 import os
 import subprocess
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from ..errors import ConfigError, ServiceUnavailable
 from .spec import SweepSpec, metric_mode
 from .tracking import (MLflowTrialCallback, SweepTracker, check_tracking_server, default_tracking_uri,
                        use_write_ahead_log)
+
+if TYPE_CHECKING:
+    from ..tasks import Task
 
 METADATA_FILE = "wcrnn-sweep.json"
 DEFAULT_STORAGE = "wcrnn_runs"
@@ -203,10 +208,31 @@ def _trainable(spec: SweepSpec, task):
     return tune.with_resources(sweep_trainable(spec, task), resources)
 
 
-def _load_task(spec: SweepSpec):
+def _prepare_tracking_store(uri: str) -> None:
+    check_tracking_server(uri)  # a local database is created here the first time (seconds)
+    use_write_ahead_log(uri)
+
+
+def _start_ray_while_loading(spec: SweepSpec, uri: str, address: str | None) -> tuple[str, Task]:
+    """(Ray address, the sweep's task): Ray starts (or connects) while another thread loads the data
+    and opens a local tracking database, since each takes seconds. A tracking server is checked
+    first, so that an unreachable one starts nothing; the other errors still stop the sweep before
+    its first trial."""
     from ..tasks import build_task
 
-    return build_task(spec.task)
+    local_store = uri.startswith("sqlite:")
+    if not local_store:
+        _prepare_tracking_store(uri)
+
+    def load() -> Task:
+        if local_store:
+            _prepare_tracking_store(uri)
+        return build_task(spec.task)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wcrnn-data") as loader:
+        loading = loader.submit(load)
+        ray_address = init_ray(address)
+        return ray_address, loading.result()
 
 
 def run_sweep(spec: SweepSpec, spec_text: str, *, address: str | None = None, tracking_uri: str | None = None,
@@ -216,16 +242,13 @@ def run_sweep(spec: SweepSpec, spec_text: str, *, address: str | None = None, tr
 
     quiet_libraries()
     uri = tracking_uri or spec.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
-    check_tracking_server(uri)
-    use_write_ahead_log(uri)
     root = storage_root(storage, spec)
     path = f"{root}/{spec.name}"
     storage_path, filesystem = storage_filesystem(root)
     if tune.Tuner.can_restore(storage_filesystem(path)[0], storage_filesystem=filesystem):
         raise ConfigError(f"name: a sweep called {spec.name!r} already exists in {root}; "
                           f"continue it with `wcrnn sweep resume {spec.name}` or choose another name or --storage")
-    task = _load_task(spec)  # data errors surface here, before Ray starts
-    ray_address = init_ray(address)
+    ray_address, task = _start_ray_while_loading(spec, uri, address)
     artifact_root = None if "://" in uri and not uri.startswith("sqlite") else str(Path("mlartifacts").resolve())
     tracker = SweepTracker(uri, spec)
     experiment_id, parent_run_id = tracker.start(spec_text, ray_address, code_version(), artifact_root)
@@ -267,14 +290,11 @@ def resume_sweep(name_or_path: str, *, address: str | None = None, storage: str 
     metadata = read_metadata(name_or_path, storage)
     spec = SweepSpec.model_validate(metadata["spec"])
     uri = metadata["tracking_uri"]
-    check_tracking_server(uri)
-    use_write_ahead_log(uri)
     path = metadata["path"]
     inner, filesystem = storage_filesystem(path)
     if not tune.Tuner.can_restore(inner, storage_filesystem=filesystem):
         raise ConfigError(f"{path}: no Ray Tune state to resume (the sweep never started its first trial?)")
-    task = _load_task(spec)
-    init_ray(address)
+    _, task = _start_ray_while_loading(spec, uri, address)
     from mlflow import MlflowClient
 
     MlflowClient(uri).update_run(metadata["parent_run_id"], status="RUNNING")
