@@ -1,6 +1,6 @@
 """wcrnn benchmarks: one run, everything side by side, written as JSON and a markdown table.
 
-    make bench                                   (full: a few minutes on 2 cores)
+    make bench                                   (full: about 12 minutes on 2 cores)
     .venv/bin/python benchmarks/run.py --smoke   (tiny sizes; CI runs this to keep it working)
 
 What is measured (each against a baseline measured in the same run, on the same machine):
@@ -11,8 +11,11 @@ What is measured (each against a baseline measured in the same run, on the same 
    matmul rate of this machine.
 2. The full Lyapunov spectrum (N = 128, T = 784, 32 sequences): time with ons_interval=auto
    and with a QR every step, and accuracy on the linear-residual check (exponents = log r).
-3. Sweep orchestration: wall time of a real sweep (Ray Tune + Optuna + MLflow) against the
-   sum of its trials' own run times, and MLflow's share of trial time.
+3. Sweep orchestration: wall time of a real sweep (Ray Tune + Optuna + MLflow; 8 trials sized
+   to about 20 s each on this machine, 2 at a time) against the sum of its trials' own run
+   times, and MLflow's share of trial time: three times on an embedded Ray (its start-up varies
+   by seconds from run to run on a shared machine; the median is the result), and once against
+   a local Ray head kept running between sweeps (`ray start --head`).
 4. On a GPU, when there is one: the training step against cuDNN's nn.RNN.
 
 Timings are the best of a few repeats after a warm-up; ratios, not seconds, are the result.
@@ -25,8 +28,14 @@ import json
 import math
 import os
 import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional
@@ -169,7 +178,13 @@ def calibrated_num_train(trial_seconds: float, epochs: int, length: int, hidden_
     return max(batch, round(probe * trial_seconds / epochs / epoch_seconds / batch) * batch)
 
 
-def sweep_rows(spec_fields: dict) -> list[dict]:
+EMBEDDED, RUNNING = "embedded (started by the sweep)", "running (ray start --head, kept for many sweeps)"
+
+
+def sweep_row(spec_fields: dict, address: str | None = None) -> dict:
+    """One real sweep, timed from the call to its return; Ray is shut down afterwards, so that the
+    next embedded sweep starts its own, as every `wcrnn sweep run` does."""
+    import ray
     import yaml
     from mlflow import MlflowClient
 
@@ -181,23 +196,69 @@ def sweep_rows(spec_fields: dict) -> list[dict]:
         client.search_experiments()  # the database exists, as after a user's first sweep: creating it is a one-off
         started_at = time.time()
         start = time.perf_counter()
-        result = run_sweep(spec, yaml.safe_dump(spec_fields), tracking_uri=f"sqlite:///{folder}/mlflow.db",
-                           storage=f"{folder}/runs", progress=False, report_dir=f"{folder}/report")
-        wall = time.perf_counter() - start
+        try:
+            result = run_sweep(spec, yaml.safe_dump(spec_fields), address=address, progress=False,
+                               tracking_uri=f"sqlite:///{folder}/mlflow.db", storage=f"{folder}/runs",
+                               report_dir=f"{folder}/report")
+            wall = time.perf_counter() - start
+        finally:
+            ray.shutdown()
         trial_runs = client.search_runs([result.experiment_id], "tags.`wcrnn.role` = 'trial'")
+    ends = sorted(run.info.end_time / 1000 - started_at for run in trial_runs)
     first_trial = min(run.info.start_time for run in trial_runs) / 1000 - started_at
-    last_trial = max(run.info.end_time for run in trial_runs) / 1000 - started_at
     concurrency = min(spec.resources.max_concurrent, spec.budget.num_trials)
     ideal = result.trial_seconds / concurrency  # perfect packing of the trials on the workers
-    return [{"trials": spec.budget.num_trials, "concurrency": concurrency, "wall_seconds": wall,
-             "trial_seconds_total": result.trial_seconds, "mean_trial_seconds": result.trial_seconds / spec.budget.num_trials,
-             "overhead_share_of_wall": 1 - ideal / wall,
-             "startup_seconds": first_trial, "finish_seconds": wall - last_trial,
-             "steady_overhead_share_of_wall": 1 - ideal / (last_trial - first_trial),
-             "mlflow_seconds": result.tracking_seconds - result.rendering_seconds,
-             "mlflow_share_of_trial_time": (result.tracking_seconds - result.rendering_seconds) / result.trial_seconds,
-             "rendering_seconds": result.rendering_seconds,
-             "rendering_share_of_trial_time": result.rendering_seconds / result.trial_seconds}]
+    return {"ray": RUNNING if address else EMBEDDED, "trials": spec.budget.num_trials, "concurrency": concurrency,
+            "wall_seconds": wall, "trial_seconds_total": result.trial_seconds,
+            "mean_trial_seconds": result.trial_seconds / spec.budget.num_trials,
+            "overhead_share_of_wall": 1 - ideal / wall,
+            "startup_seconds": first_trial, "finish_seconds": wall - ends[-1],
+            "steady_overhead_share_of_wall": 1 - ideal / (ends[-1] - first_trial),
+            # how long the last trial ran alone while the other workers had nothing left to do
+            "last_trial_alone_seconds": ends[-1] - ends[-2] if len(ends) > 1 else 0.0,
+            "mlflow_seconds": result.tracking_seconds - result.rendering_seconds,
+            "mlflow_share_of_trial_time": (result.tracking_seconds - result.rendering_seconds) / result.trial_seconds,
+            "rendering_seconds": result.rendering_seconds,
+            "rendering_share_of_trial_time": result.rendering_seconds / result.trial_seconds}
+
+
+@contextmanager
+def running_local_ray(cpus: int):
+    """A local Ray head started once and kept for many sweeps, as the README's Speed section suggests
+    (`ray start --head` with the trials' modules preloaded), with Ray's default token authentication,
+    like the embedded Ray. Its own port and temp dir; its processes are stopped afterwards."""
+    from wcrnn.sweep.runner import TRIAL_MODULES
+
+    folder = tempfile.mkdtemp(prefix="wcrnn-bench-ray-", dir="/tmp")  # Ray's socket paths must stay short
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = subprocess.run(
+        [str(Path(sys.executable).with_name("ray")), "start", "--head", "--node-ip-address", "127.0.0.1",
+         "--port", str(port), "--num-cpus", str(cpus), "--include-dashboard=false", "--temp-dir", folder,
+         "--disable-usage-stats", "--system-config", json.dumps({"preload_python_modules": list(TRIAL_MODULES)})],
+        capture_output=True, text=True, timeout=180)
+    try:
+        if started.returncode != 0:
+            raise RuntimeError(f"ray start failed: {started.stderr[-2000:]}")
+        yield f"127.0.0.1:{port}"
+    finally:
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):  # the head's daemons and workers name its temp dir
+            try:
+                if folder in cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    os.kill(int(cmdline.parent.name), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass  # already gone
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def sweep_rows(spec_fields: dict, repeats: int) -> list[dict]:
+    """The embedded sweep `repeats` times (start-up varies by seconds from run to run on a shared
+    machine), then once against a running local Ray."""
+    rows = [sweep_row(spec_fields) for _ in range(repeats)]
+    with running_local_ray(os.cpu_count() or 1) as address:
+        rows.append(sweep_row(spec_fields, address))
+    return rows
 
 
 def machine() -> dict:
@@ -237,20 +298,26 @@ def markdown(results: dict) -> str:
                          f"{row['seconds']:.2f} | {row['max_error_vs_log_r']:.1e} |")
         lines.append("")
     if results.get("sweep"):
-        row = results["sweep"][0]
-        lines += ["**Sweep orchestration** (Ray Tune + Optuna TPE + MLflow on SQLite, local Ray, no early stopping).", "",
+        rows = results["sweep"]
+        embedded = sorted(row["overhead_share_of_wall"] for row in rows if row["ray"] == EMBEDDED)
+        lines += ["**Sweep orchestration** (Ray Tune + Optuna TPE + MLflow on SQLite, local Ray, no early stopping): "
+                  f"{rows[0]['trials']} trials, {rows[0]['concurrency']} at a time.", "",
                   "Overhead = 1 − (Σ trial time / concurrency) / wall time; startup = until the first trial started "
                   "(Ray, Optuna, MLflow parent run, first workers); finish = after the last trial ended (report); "
-                  "steady = the same ratio between the first trial's start and the last one's end. MLflow = the driver's "
-                  "tracking thread in MLflow calls; plots = drawing the per-trial spectrum for MLflow (same thread, "
-                  "concurrent with the trials).", "",
-                  "| trials | concurrency | mean trial s | wall s | startup s | finish s | overhead | steady overhead "
+                  "steady = the same ratio between the first trial's start and the last one's end, which includes the "
+                  "last trial running alone (its own column) once the other worker has nothing left. MLflow = the "
+                  "driver's tracking thread in MLflow calls; plots = drawing the per-trial spectrum for MLflow (same "
+                  "thread, concurrent with the trials).", "",
+                  "| Ray | mean trial s | wall s | startup s | finish s | last trial alone s | overhead | steady overhead "
                   "| MLflow / trial time | plots / trial time |",
-                  "|---|---|---|---|---|---|---|---|---|---|",
-                  f"| {row['trials']} | {row['concurrency']} | {row['mean_trial_seconds']:.1f} | {row['wall_seconds']:.1f} "
-                  f"| {row['startup_seconds']:.1f} | {row['finish_seconds']:.1f} "
-                  f"| {100 * row['overhead_share_of_wall']:.1f}% | {100 * row['steady_overhead_share_of_wall']:.1f}% "
-                  f"| {100 * row['mlflow_share_of_trial_time']:.2f}% | {100 * row['rendering_share_of_trial_time']:.2f}% |", ""]
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for row in rows:
+            lines.append(f"| {row['ray']} | {row['mean_trial_seconds']:.1f} | {row['wall_seconds']:.1f} "
+                         f"| {row['startup_seconds']:.1f} | {row['finish_seconds']:.1f} | {row['last_trial_alone_seconds']:.1f} "
+                         f"| {100 * row['overhead_share_of_wall']:.1f}% | {100 * row['steady_overhead_share_of_wall']:.1f}% "
+                         f"| {100 * row['mlflow_share_of_trial_time']:.2f}% | {100 * row['rendering_share_of_trial_time']:.2f}% |")
+        lines += ["", f"Embedded Ray, median overhead of {len(embedded)} runs: "
+                      f"{100 * embedded[len(embedded) // 2]:.1f}%.", ""]
     if not info["gpu"]:
         lines.append("No GPU on this machine: the cuDNN comparison was not run.")
     return "\n".join(lines) + "\n"
@@ -290,7 +357,7 @@ def main(
         print("sweep overhead ...", flush=True)
         # The target's sweep: 8 trials of about 20 s each (4 epochs), 2 at a time on 2 cores.
         fields = sweep_spec(2, 1, 256, 20, 8) if smoke else sweep_spec(8, 4, calibrated_num_train(20, 4, 200, 64), 200, 64)
-        results["sweep"] = sweep_rows(fields)
+        results["sweep"] = sweep_rows(fields, repeats=1 if smoke else 3)
     output.mkdir(parents=True, exist_ok=True)
     (output / "benchmark.json").write_text(json.dumps(results, indent=1) + "\n")
     table = markdown(results)

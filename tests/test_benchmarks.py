@@ -9,6 +9,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:  # the process ended meanwhile
+        return b""
+
+
 def test_smoke_benchmark_measures_every_section_and_writes_json_and_markdown(tmp_path):
     completed = subprocess.run([sys.executable, "benchmarks/run.py", "--smoke", "--output", str(tmp_path)],
                                cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -32,11 +39,16 @@ def test_smoke_benchmark_measures_every_section_and_writes_json_and_markdown(tmp
     every_step = [row for row in results["lyapunov"] if row["ons_interval"] == 1]
     assert all(row["qr_decompositions"] == row["steps"] for row in every_step)
 
-    sweep = results["sweep"][0]
-    assert sweep["trials"] == 2 and sweep["trial_seconds_total"] > 0
-    # the trials ran inside the sweep, so the sweep took at least their packed time
-    assert sweep["wall_seconds"] >= sweep["trial_seconds_total"] / sweep["concurrency"]
-    assert 0 < sweep["mlflow_seconds"] < sweep["wall_seconds"]
+    # the sweep once on an embedded Ray, once on a running local Ray (`ray start --head`) that is stopped after
+    assert [sweep["ray"].split()[0] for sweep in results["sweep"]] == ["embedded", "running"]
+    for sweep in results["sweep"]:
+        assert sweep["trials"] == 2 and sweep["trial_seconds_total"] > 0
+        # the trials ran inside the sweep, so the sweep took at least their packed time
+        assert sweep["wall_seconds"] >= sweep["trial_seconds_total"] / sweep["concurrency"]
+        assert 0 < sweep["mlflow_seconds"] < sweep["wall_seconds"]
+        assert 0 <= sweep["last_trial_alone_seconds"] < sweep["wall_seconds"]
+    left = [path.parent.name for path in Path("/proc").glob("[0-9]*/cmdline") if b"wcrnn-bench-ray-" in read(path)]
+    assert left == [], "the benchmark's own Ray head was left running"
 
     table = (tmp_path / "benchmark.md").read_text()
     assert "× nn.RNN" in table and "Lyapunov spectrum" in table and "Sweep orchestration" in table
