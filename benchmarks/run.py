@@ -233,12 +233,12 @@ def running_local_ray(cpus: int):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    started = subprocess.run(
-        [str(Path(sys.executable).with_name("ray")), "start", "--head", "--node-ip-address", "127.0.0.1",
-         "--port", str(port), "--num-cpus", str(cpus), "--include-dashboard=false", "--temp-dir", folder,
-         "--disable-usage-stats", "--system-config", json.dumps({"preload_python_modules": list(TRIAL_MODULES)})],
-        capture_output=True, text=True, timeout=180)
-    try:
+    try:  # a `ray start` that times out may already have started some of the head's processes
+        started = subprocess.run(
+            [str(Path(sys.executable).with_name("ray")), "start", "--head", "--node-ip-address", "127.0.0.1",
+             "--port", str(port), "--num-cpus", str(cpus), "--include-dashboard=false", "--temp-dir", folder,
+             "--disable-usage-stats", "--system-config", json.dumps({"preload_python_modules": list(TRIAL_MODULES)})],
+            capture_output=True, text=True, timeout=180)
         if started.returncode != 0:
             raise RuntimeError(f"ray start failed: {started.stderr[-2000:]}")
         yield f"127.0.0.1:{port}"

@@ -92,8 +92,8 @@ def use_write_ahead_log(uri: str) -> None:
     """Put a local SQLite tracking database into write-ahead-log mode (SQLite keeps it in the file).
 
     Every MLflow call is a transaction. With a write-ahead log a commit is one append and one sync
-    instead of the rollback journal's several, which makes the calls a sweep logs about a quarter
-    faster, and the MLflow UI can read the database while a sweep writes to it. A database that
+    instead of the rollback journal's several, so the calls a sweep logs take less time, and the
+    MLflow UI can read the database while a sweep writes to it. A database that
     cannot switch (another process holds it, a read-only file) keeps working as it is.
     """
     if not uri.startswith("sqlite:"):
