@@ -13,7 +13,7 @@ What is measured (each against a baseline measured in the same run, on the same 
    and with a QR every step, and accuracy on the linear-residual check (exponents = log r).
 3. Sweep orchestration: wall time of a real sweep (Ray Tune + Optuna + MLflow; 8 trials sized
    to about 20 s each on this machine, 2 at a time) against the sum of its trials' own run
-   times, and MLflow's share of trial time: three times on an embedded Ray (its start-up varies
+   times, and MLflow's share of trial time: five times on an embedded Ray (its start-up varies
    by seconds from run to run on a shared machine; the median is the result), and once against
    a local Ray head kept running between sweeps (`ray start --head`).
 4. On a GPU, when there is one: the training step against cuDNN's nn.RNN.
@@ -357,7 +357,7 @@ def main(
         print("sweep overhead ...", flush=True)
         # The target's sweep: 8 trials of about 20 s each (4 epochs), 2 at a time on 2 cores.
         fields = sweep_spec(2, 1, 256, 20, 8) if smoke else sweep_spec(8, 4, calibrated_num_train(20, 4, 200, 64), 200, 64)
-        results["sweep"] = sweep_rows(fields, repeats=1 if smoke else 3)
+        results["sweep"] = sweep_rows(fields, repeats=1 if smoke else 5)
     output.mkdir(parents=True, exist_ok=True)
     (output / "benchmark.json").write_text(json.dumps(results, indent=1) + "\n")
     table = markdown(results)

@@ -24,8 +24,8 @@ from urllib.parse import urlparse
 
 from ..errors import ConfigError, ServiceUnavailable
 from .spec import SweepSpec, metric_mode
-from .tracking import (MLflowTrialCallback, SweepTracker, check_tracking_server, default_tracking_uri,
-                       use_write_ahead_log)
+from .tracking import (STATUS_TAG, TRIAL_TAG, MLflowTrialCallback, SweepTracker, check_tracking_server,
+                       default_tracking_uri, use_write_ahead_log)
 
 if TYPE_CHECKING:
     from ..tasks import Task
@@ -229,6 +229,7 @@ def _start_ray_while_loading(spec: SweepSpec, uri: str, address: str | None) -> 
             _prepare_tracking_store(uri)
         return build_task(spec.task)
 
+    threading.Thread(target=_prepare_report, name="wcrnn-report-warm-up", daemon=True).start()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wcrnn-data") as loader:
         loading = loader.submit(load)
         ray_address = init_ray(address)
@@ -297,10 +298,35 @@ def resume_sweep(name_or_path: str, *, address: str | None = None, storage: str 
     _, task = _start_ray_while_loading(spec, uri, address)
     from mlflow import MlflowClient
 
-    MlflowClient(uri).update_run(metadata["parent_run_id"], status="RUNNING")
+    client = MlflowClient(uri)
+    _discard_unrecorded_trial_runs(client, metadata, tune.ExperimentAnalysis(inner, storage_filesystem=filesystem))
+    client.update_run(metadata["parent_run_id"], status="RUNNING")
     tuner = tune.Tuner.restore(inner, trainable=_trainable(spec, task), resume_unfinished=True,
                                resume_errored=True, storage_filesystem=filesystem)
     return _fit_and_finish(tuner, spec, metadata, None, report_dir)
+
+
+DISCARDED = "discarded"
+
+
+def _discard_unrecorded_trial_runs(client, metadata: dict, analysis) -> None:
+    """A trial that started just before the sweep stopped can have an MLflow run but no place in the
+    state Ray Tune saved last; the resumed search does not know it and may suggest its configuration
+    again as a new trial. Its run would stay beside the sweep's trials for ever (open, or interrupted):
+    tag it as discarded and delete it (MLflow keeps deleted runs, and `mlflow runs restore` brings one back)."""
+    recorded = {trial.trial_id for trial in analysis.trials}
+    runs = client.search_runs([metadata["experiment_id"]], max_results=10_000,
+                              filter_string=f"tags.mlflow.parentRunId = '{metadata['parent_run_id']}' "
+                                            "and tags.`wcrnn.role` = 'trial'")
+    for run in runs:
+        if run.data.tags.get(TRIAL_TAG) in recorded:
+            continue
+        client.set_tag(run.info.run_id, STATUS_TAG, DISCARDED)
+        client.set_tag(run.info.run_id, "wcrnn.discarded_because",
+                       "the sweep stopped before Ray Tune saved this trial in its state; the resumed sweep did not run it")
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, "KILLED")
+        client.delete_run(run.info.run_id)
 
 
 class SweepInterrupted(RuntimeError):
@@ -314,7 +340,6 @@ def _fit_and_finish(tuner, spec: SweepSpec, metadata: dict, callback: MLflowTria
     from .report import finish_parent_run
 
     client = MlflowClient(metadata["tracking_uri"])
-    threading.Thread(target=_import_report_libraries, name="wcrnn-report-imports", daemon=True).start()
     try:
         results = tuner.fit()  # the tracking callback flushes its writes in on_experiment_end
     except KeyboardInterrupt:
@@ -344,14 +369,17 @@ def _fit_and_finish(tuner, spec: SweepSpec, metadata: dict, callback: MLflowTria
                        callback.rendering_seconds if callback is not None else 0.0)
 
 
-def _import_report_libraries() -> None:
-    """Import what the final report needs (matplotlib, Optuna's importance with scikit-learn, a few
-    seconds) while the trials run, instead of after them."""
+def _prepare_report() -> None:
+    """Import what the final report needs (matplotlib, Optuna's importance with scikit-learn) and
+    warm matplotlib's caches: about 2 s of CPU, done while Ray starts, when the CPUs mostly wait for
+    Ray's processes, instead of after the last trial or while the first trials' workers import."""
     try:
         import optuna.importance  # noqa: F401
         from optuna.visualization import matplotlib  # noqa: F401
 
-        from .. import plots  # noqa: F401
+        from .. import plots
+
+        plots.warm_up()
     except Exception:  # the report will raise it properly, in the main thread
         pass
 
