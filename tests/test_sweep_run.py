@@ -10,8 +10,10 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -82,9 +84,6 @@ def test_quickstart_leaves_a_parent_run_and_one_child_per_trial(quickstart):
 
 
 def test_the_local_tracking_database_is_left_in_write_ahead_log_mode(quickstart):
-    import sqlite3
-    from contextlib import closing
-
     workdir, _, _ = quickstart
     with closing(sqlite3.connect(workdir / "mlflow.db")) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
@@ -97,6 +96,32 @@ def test_write_ahead_log_creates_no_database_and_leaves_servers_alone(tmp_path):
     use_write_ahead_log(f"sqlite:///{tmp_path / 'absent.db'}")
     use_write_ahead_log("http://127.0.0.1:9")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_report_warm_up_runs_beside_pyplot_drawing_and_leaves_no_figure_open(tmp_path):
+    """The sweep warms matplotlib in a thread while Ray starts; the tracking thread may draw meanwhile."""
+    import threading
+
+    import matplotlib.pyplot as plt
+
+    from wcrnn.plots import plot_curves, warm_up
+
+    open_before = plt.get_fignums()
+    errors = []
+
+    def warm():
+        try:
+            warm_up()
+        except Exception as error:  # surfaced in the assertion below
+            errors.append(error)
+
+    thread = threading.Thread(target=warm)
+    thread.start()
+    drawn = plot_curves({"a": [(1, 0.5), (2, 0.25)]}, tmp_path / "curves.png", ylabel="loss", title="t")
+    thread.join(timeout=60)
+    assert not thread.is_alive() and errors == []
+    assert drawn.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plt.get_fignums() == open_before
 
 
 def test_missing_data_stops_the_sweep_before_any_run_with_the_data_message(tmp_path):
@@ -259,11 +284,18 @@ def test_resume_finishes_an_interrupted_sweep_without_rerunning_finished_trials(
     history_before = {t: [(m.step, m.value) for m in client.get_metric_history(c.info.run_id, "val_mse")]
                       for t, c in done_before.items()}
     assert len(done_before) >= 2
+    # A trial started just before the stop can have a run that Ray Tune's saved state does not know.
+    unrecorded = client.create_run(parents[0].info.experiment_id, tags={
+        "mlflow.parentRunId": parents[0].info.run_id, "wcrnn.role": "trial", "wcrnn.trial_id": "unrecorded",
+        "wcrnn.status": "running"}).info.run_id
 
     sweep(tmp_path, "resume", "resumable")
 
     client, parents, after = runs_of(tmp_path, "resumable")
     assert parents[0].info.status == "FINISHED"
+    discarded = client.get_run(unrecorded)  # deleted, not destroyed: `mlflow runs restore` brings it back
+    assert discarded.info.lifecycle_stage == "deleted" and discarded.info.status == "KILLED"
+    assert discarded.data.tags["wcrnn.status"] == "discarded"
     assert len(after) == 5 and len({c.data.tags["wcrnn.trial_id"] for c in after}) == 5
     assert all(c.info.status == "FINISHED" and c.data.tags["wcrnn.status"] == "finished" for c in after)
     for trial_id, child in done_before.items():
@@ -318,12 +350,18 @@ def trial_epochs(workdir, name) -> dict:
 
 
 def test_a_corrupt_or_missing_checkpoint_on_resume_is_named_and_the_trial_falls_back(tmp_path):
-    epochs = 6
+    # Epochs to spare after the stop: one trial's worker can start seconds after the other's, and
+    # MLflow shows epochs a little after Tune has them.
+    epochs = 10
     spec = small_spec("fallback", budget={"num_trials": 2, "max_epochs": epochs}, task=SLOW_TASK)
     interrupted_sweep(tmp_path, spec, lambda: len([e for e in trial_epochs(tmp_path, "fallback").values()
-                                                   if len(e) >= 3]) == 2, "three epochs of both trials")
+                                                   if len(e) >= 2]) == 2, "two epochs of both trials")
     before = trial_epochs(tmp_path, "fallback")
     assert all(len(steps) < epochs for steps in before.values()), "interrupted too late to prove anything"
+    # A driver killed outright loses the MLflow writes still queued; resume takes them from Tune's saved results.
+    with closing(sqlite3.connect(tmp_path / "mlflow.db")) as database, database:
+        lost = database.execute("DELETE FROM metrics WHERE step = 1").rowcount
+    assert lost > 0
 
     # Trial 1: every checkpoint but its oldest is garbage. Trial 2: all its checkpoints are gone.
     trial_dirs = sorted((tmp_path / "wcrnn_runs" / "fallback").glob("wcrnn_trial_*"))

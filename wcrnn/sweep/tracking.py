@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
+from ray.air.constants import EXPR_RESULT_FILE
 from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
 
@@ -46,6 +47,22 @@ _NOT_METRICS = set(AUTO_RESULT_KEYS) | {"done", "epoch", "status", "should_check
 def default_tracking_uri(directory: str | Path | None = None) -> str:
     """The embedded default: an SQLite database in the working directory."""
     return f"sqlite:///{Path(directory or os.getcwd()).resolve() / 'mlflow.db'}"
+
+
+def epoch_record(result: dict) -> tuple[int, list, list]:
+    """One reported Tune result as MLflow sees it: (epoch, its metrics at step = epoch, the run's tags)."""
+    from mlflow.entities import Metric, RunTag
+
+    step = int(result.get("epoch", result.get("training_iteration", 0)))
+    stamp = int(result.get("timestamp", time.time()) * 1000)
+    metrics = [Metric(name, float(value), stamp, step) for name, value in result.items()
+               if name not in _NOT_METRICS and isinstance(value, (int, float)) and not isinstance(value, bool)
+               and math.isfinite(value)]
+    tags = [RunTag("wcrnn.node_ip", str(result.get("node_ip", ""))), RunTag("wcrnn.last_epoch", str(step)),
+            RunTag("wcrnn.node_id", str(result.get("node_id", "")))]
+    if result.get("status") == "diverged":
+        tags.append(RunTag(STATUS_TAG, "diverged"))
+    return step, metrics, tags
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
@@ -305,6 +322,9 @@ class MLflowTrialCallback(Callback):
             return key
         self._opening.add(key)
         name, sampled = str(trial), dict(trial.config)
+        # A trial restored from Tune's saved state (a resumed sweep) has its saved results in storage.
+        saved_results = (trial.storage.storage_filesystem, Path(trial.path, EXPR_RESULT_FILE).as_posix()) \
+            if trial.checkpoint is not None else None
 
         def job(client):
             existing = client.search_runs(
@@ -313,17 +333,43 @@ class MLflowTrialCallback(Callback):
             if existing:  # after a resume: continue the same run, after the epochs it already has
                 run_id = existing[0].info.run_id
                 client.update_run(run_id, status="RUNNING")
-                steps = [m.step for m in client.get_metric_history(run_id, self.spec.objective.metric)]
-                self.logged_through[key] = max(steps, default=0)
+                logged = {m.step for m in client.get_metric_history(run_id, self.spec.objective.metric)}
             else:
                 run_id = client.create_run(self.experiment_id, run_name=name, tags={
                     "mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: key, SWEEP_TAG: self.spec.name,
                     "wcrnn.role": "trial", STATUS_TAG: "running"}).info.run_id
                 self._log_params(client, run_id, sampled)
+                logged = set()
+            if saved_results is not None:
+                self._log_saved_epochs(client, run_id, *saved_results, logged)
+            self.logged_through[key] = max(logged, default=0)
             self.run_ids[key] = run_id
 
         self.writer.submit(job, f"the run of trial {key}")
         return key
+
+    @staticmethod
+    def _log_saved_epochs(client, run_id: str, filesystem, path: str, logged: set[int]) -> None:
+        """Log the epochs in Ray Tune's saved results of a restored trial that MLflow lacks, and add
+        them to `logged`. A driver killed outright loses the writes still queued for MLflow, and the
+        trial, restored from the checkpoint Tune saved with those results, never reports them again."""
+        try:
+            with filesystem.open_input_stream(path) as stream:
+                lines = stream.read().decode("utf-8", errors="replace").splitlines()
+        except OSError as error:  # nothing saved (restarted from scratch) or storage unreadable: nothing to add
+            log.debug("no saved results at %s: %s", path, error)
+            return
+        for line in lines:
+            try:
+                result = json.loads(line)
+            except json.JSONDecodeError:  # the last line of a file cut off mid-write
+                continue
+            step, metrics, tags = epoch_record(result)
+            if step < 1 or step in logged:
+                continue
+            newest = step > max(logged, default=0)  # tags describe the newest epoch only
+            client.log_batch(run_id, metrics=metrics, tags=tags if newest else [])
+            logged.add(step)
 
     def _submit(self, key: str, job: Callable[[Any, str], None], what: str) -> None:
         """Queue `job(client, run_id)` for the trial's run, after the job that opens it."""
@@ -346,20 +392,10 @@ class MLflowTrialCallback(Callback):
             client.log_batch(run_id, params=params[start:start + 100], tags=tags if start == 0 else [])
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        from mlflow.entities import Metric, RunTag
-
         self._raise_if_tracking_lost()
         key = self._open_run(trial)
         self.last[key] = result
-        step = int(result.get("epoch", result.get("training_iteration", 0)))
-        stamp = int(time.time() * 1000)
-        metrics = [Metric(name, float(value), stamp, step) for name, value in result.items()
-                   if name not in _NOT_METRICS and isinstance(value, (int, float)) and not isinstance(value, bool)
-                   and math.isfinite(value)]
-        tags = [RunTag("wcrnn.node_ip", str(result.get("node_ip", ""))), RunTag("wcrnn.last_epoch", str(step)),
-                RunTag("wcrnn.node_id", str(result.get("node_id", "")))]
-        if result.get("status") == "diverged":
-            tags.append(RunTag(STATUS_TAG, "diverged"))
+        step, metrics, tags = epoch_record(result)
         notice = result.get("checkpoint_notice")
 
         def job(client, run_id):
