@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..plots import plot_curves, save_figure
 from .spec import SweepSpec
-from .tracking import STATUS_TAG, TRIAL_TAG
+from .tracking import STATUS_TAG, TRIAL_TAG, trial_runs
 
 
 @dataclass
@@ -55,10 +55,8 @@ class SweepTrials:
 
 
 def collect_trials(client, spec: SweepSpec, experiment_id: str, parent_run_id: str) -> SweepTrials:
-    runs = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
-                              max_results=50_000)
     records = []
-    for run in runs:
+    for run in trial_runs(client, experiment_id, parent_run_id):
         sampled = json.loads(run.data.tags.get("wcrnn.sampled", "{}"))
         metrics = dict(run.data.metrics)
         records.append(TrialRecord(run.info.run_id, run.data.tags.get(TRIAL_TAG, ""),

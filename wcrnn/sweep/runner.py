@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 from ..errors import ConfigError, ServiceUnavailable
 from .spec import SweepSpec, metric_mode
 from .tracking import (STATUS_TAG, TRIAL_TAG, MLflowTrialCallback, SweepTracker, check_tracking_server,
-                       default_tracking_uri, use_write_ahead_log)
+                       default_tracking_uri, trial_runs, use_write_ahead_log)
 
 if TYPE_CHECKING:
     from ..tasks import Task
@@ -315,10 +315,7 @@ def _discard_unrecorded_trial_runs(client, metadata: dict, analysis) -> None:
     again as a new trial. Its run would stay beside the sweep's trials for ever (open, or interrupted):
     tag it as discarded and delete it (MLflow keeps deleted runs, and `mlflow runs restore` brings one back)."""
     recorded = {trial.trial_id for trial in analysis.trials}
-    runs = client.search_runs([metadata["experiment_id"]], max_results=10_000,
-                              filter_string=f"tags.mlflow.parentRunId = '{metadata['parent_run_id']}' "
-                                            "and tags.`wcrnn.role` = 'trial'")
-    for run in runs:
+    for run in trial_runs(client, metadata["experiment_id"], metadata["parent_run_id"], "tags.`wcrnn.role` = 'trial'"):
         if run.data.tags.get(TRIAL_TAG) in recorded:
             continue
         client.set_tag(run.info.run_id, STATUS_TAG, DISCARDED)
@@ -385,9 +382,7 @@ def _prepare_report() -> None:
 
 
 def _open_trial_runs(client, metadata: dict) -> list:
-    parent = metadata["parent_run_id"]
-    return client.search_runs([metadata["experiment_id"]], max_results=10_000,
-                              filter_string=f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'")
+    return trial_runs(client, metadata["experiment_id"], metadata["parent_run_id"], "attributes.status = 'RUNNING'")
 
 
 def _mark_interrupted(client, metadata: dict, callback: MLflowTrialCallback | None) -> None:

@@ -49,6 +49,13 @@ def default_tracking_uri(directory: str | Path | None = None) -> str:
     return f"sqlite:///{Path(directory or os.getcwd()).resolve() / 'mlflow.db'}"
 
 
+def trial_runs(client, experiment_id: str, parent_run_id: str, where: str = "", max_results: int = 50_000) -> list:
+    """The trial runs of one sweep (the children of its parent run), optionally narrowed by an MLflow
+    filter such as `attributes.status = 'RUNNING'`. Deleted runs are left out, as in the MLflow UI."""
+    filter_string = f"tags.mlflow.parentRunId = '{parent_run_id}'" + (f" and {where}" if where else "")
+    return client.search_runs([experiment_id], filter_string=filter_string, max_results=max_results)
+
+
 def epoch_record(result: dict) -> tuple[int, list, list]:
     """One reported Tune result as MLflow sees it: (epoch, its metrics at step = epoch, the run's tags)."""
     from mlflow.entities import Metric, RunTag
@@ -327,9 +334,7 @@ class MLflowTrialCallback(Callback):
             if trial.checkpoint is not None else None
 
         def job(client):
-            existing = client.search_runs(
-                [self.experiment_id], max_results=1,
-                filter_string=f"tags.{TRIAL_TAG} = '{key}' and tags.mlflow.parentRunId = '{self.parent_run_id}'")
+            existing = trial_runs(client, self.experiment_id, self.parent_run_id, f"tags.{TRIAL_TAG} = '{key}'", 1)
             if existing:  # after a resume: continue the same run, after the epochs it already has
                 run_id = existing[0].info.run_id
                 client.update_run(run_id, status="RUNNING")
