@@ -56,12 +56,13 @@ def trial_runs(client, experiment_id: str, parent_run_id: str, where: str = "", 
     return client.search_runs([experiment_id], filter_string=filter_string, max_results=max_results)
 
 
-def epoch_record(result: dict) -> tuple[int, list, list]:
-    """One reported Tune result as MLflow sees it: (epoch, its metrics at step = epoch, the run's tags)."""
+def epoch_record(result: dict, at: float | None = None) -> tuple[int, list, list]:
+    """One reported Tune result as MLflow sees it: (epoch, its metrics at step = epoch and time `at`,
+    by default now, the run's tags)."""
     from mlflow.entities import Metric, RunTag
 
     step = int(result.get("epoch", result.get("training_iteration", 0)))
-    stamp = int(result.get("timestamp", time.time()) * 1000)
+    stamp = int((time.time() if at is None else at) * 1000)
     metrics = [Metric(name, float(value), stamp, step) for name, value in result.items()
                if name not in _NOT_METRICS and isinstance(value, (int, float)) and not isinstance(value, bool)
                and math.isfinite(value)]
@@ -369,7 +370,7 @@ class MLflowTrialCallback(Callback):
                 result = json.loads(line)
             except json.JSONDecodeError:  # the last line of a file cut off mid-write
                 continue
-            step, metrics, tags = epoch_record(result)
+            step, metrics, tags = epoch_record(result, at=result.get("timestamp"))  # when it was trained
             if step < 1 or step in logged:
                 continue
             newest = step > max(logged, default=0)  # tags describe the newest epoch only
