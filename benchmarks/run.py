@@ -155,27 +155,48 @@ def sweep_spec(trials: int, epochs: int, num_train: int, length: int, hidden_siz
     }
 
 
-def calibrated_num_train(trial_seconds: float, epochs: int, length: int, hidden_size: int, probe: int = 2048) -> int:
-    """The training-set size that makes a trial of `sweep_spec` take about `trial_seconds` on this machine.
-
-    Times epochs on a probe-sized set, on one thread as a trial runs, and scales the set with the
-    median epoch: an epoch's time grows in proportion to the number of training sequences.
-    """
-    import statistics
-
+def probe_trial_seconds(fields: dict) -> float:
+    """Wall time of one trial of the sweep `fields` describe, trained here on one thread as a trial runs."""
     from wcrnn.sweep import SweepSpec
     from wcrnn.train import train
 
-    fields = {**sweep_spec(1, 3, probe, length, hidden_size), "lyapunov": {"every": 0, "at_end": False}}
-    config = SweepSpec.model_validate(fields).trial_run_config({"training.lr": 3e-3, "model.r": 0.95, "model.gamma": 0.05})
-    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    try:
-        epoch_seconds = statistics.median(epoch["epoch_time"] for epoch in train(config).history)
-    finally:
-        torch.set_num_threads(threads)
-    batch = fields["training"]["batch_size"]
-    return max(batch, round(probe * trial_seconds / epochs / epoch_seconds / batch) * batch)
+    config = SweepSpec.model_validate(fields).trial_run_config({"training.lr": 3e-3, "model.r": 0.95, "model.gamma": 0.05})
+    start = time.perf_counter()
+    train(config)
+    return time.perf_counter() - start
+
+
+def calibrated_num_train(trial_seconds: float, epochs: int, length: int, hidden_size: int, concurrency: int,
+                         probes: tuple[int, int] = (1024, 4096)) -> int:
+    """The training-set size that makes a trial of `sweep_spec` take about `trial_seconds` in the sweep.
+
+    Times whole trials (every epoch, validation, the final Lyapunov spectrum), `concurrency` at a
+    time in separate processes as the sweep runs them, and solves the line through two sizes: a
+    trial's time is a fixed part plus a part in proportion to the training sequences. A small
+    probe underestimates the cost per sequence of a large set (it stays in cache), so the size
+    found is timed too and the line redrawn through it and the larger probe.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    batch = sweep_spec(1, epochs, probes[0], length, hidden_size)["training"]["batch_size"]
+
+    def timed(size: int) -> float:
+        fields = sweep_spec(1, epochs, size, length, hidden_size)
+        return sum(pool.map(probe_trial_seconds, [fields] * concurrency)) / concurrency
+
+    def size_for(points: list[tuple[int, float]]) -> int:
+        (small, small_seconds), (large, large_seconds) = points
+        per_sequence = max(large_seconds - small_seconds, 1e-9) / max(large - small, 1)
+        fixed = max(small_seconds - per_sequence * small, 0.0)
+        return max(batch, round((trial_seconds - fixed) / per_sequence / batch) * batch)
+
+    with ProcessPoolExecutor(concurrency, mp_context=get_context("spawn")) as pool:
+        timed(probes[0])  # warm-up: each process's first trial pays one-off costs
+        points = [(size, timed(size)) for size in probes]
+        estimate = size_for(points)
+        return size_for([points[1], (estimate, timed(estimate))])
 
 
 EMBEDDED, RUNNING = "embedded (started by the sweep)", "running (ray start --head, kept for many sweeps)"
@@ -209,6 +230,7 @@ def sweep_row(spec_fields: dict, address: str | None = None) -> dict:
     concurrency = min(spec.resources.max_concurrent, spec.budget.num_trials)
     ideal = result.trial_seconds / concurrency  # perfect packing of the trials on the workers
     return {"ray": RUNNING if address else EMBEDDED, "trials": spec.budget.num_trials, "concurrency": concurrency,
+            "num_train": spec_fields["task"]["num_train"], "epochs": spec.budget.max_epochs,
             "wall_seconds": wall, "trial_seconds_total": result.trial_seconds,
             "mean_trial_seconds": result.trial_seconds / spec.budget.num_trials,
             "overhead_share_of_wall": 1 - ideal / wall,
@@ -301,7 +323,11 @@ def markdown(results: dict) -> str:
         rows = results["sweep"]
         embedded = sorted(row["overhead_share_of_wall"] for row in rows if row["ray"] == EMBEDDED)
         lines += ["**Sweep orchestration** (Ray Tune + Optuna TPE + MLflow on SQLite, local Ray, no early stopping): "
-                  f"{rows[0]['trials']} trials, {rows[0]['concurrency']} at a time.", "",
+                  f"{rows[0]['trials']} trials, {rows[0]['concurrency']} at a time, each {rows[0]['epochs']} epochs of "
+                  f"{rows[0]['num_train']} adding-problem sequences: the size whose trials, timed {rows[0]['concurrency']} "
+                  "at a time before the sweeps, take about 20 s. The first embedded sweep also imports the sweep's "
+                  "libraries (Ray Tune, MLflow, Optuna, the report's), as every `wcrnn sweep run` process does; the "
+                  "later ones run in the same process and find them imported.", "",
                   "Overhead = 1 − (Σ trial time / concurrency) / wall time; startup = until the first trial started "
                   "(Ray, Optuna, MLflow parent run, first workers); finish = after the last trial ended (report); "
                   "steady = the same ratio between the first trial's start and the last one's end, which includes the "
@@ -356,7 +382,7 @@ def main(
     if "sweep" in sections:
         print("sweep overhead ...", flush=True)
         # The target's sweep: 8 trials of about 20 s each (4 epochs), 2 at a time on 2 cores.
-        fields = sweep_spec(2, 1, 256, 20, 8) if smoke else sweep_spec(8, 4, calibrated_num_train(20, 4, 200, 64), 200, 64)
+        fields = sweep_spec(2, 1, 256, 20, 8) if smoke else sweep_spec(8, 4, calibrated_num_train(20, 4, 200, 64, concurrency=2), 200, 64)
         results["sweep"] = sweep_rows(fields, repeats=1 if smoke else 5)
     output.mkdir(parents=True, exist_ok=True)
     (output / "benchmark.json").write_text(json.dumps(results, indent=1) + "\n")

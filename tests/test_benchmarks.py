@@ -53,3 +53,15 @@ def test_smoke_benchmark_measures_every_section_and_writes_json_and_markdown(tmp
     table = (tmp_path / "benchmark.md").read_text()
     assert "× nn.RNN" in table and "Lyapunov spectrum" in table and "Sweep orchestration" in table
     assert results["date"] in table
+
+
+def test_sweep_trials_are_sized_by_timing_whole_trials_run_as_the_sweep_runs_them(monkeypatch):
+    """The full benchmark's sweep sizes its trials with `calibrated_num_train` (the smoke run does not):
+    a longer target gives a proportionally larger training set, in whole batches."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # the probe processes import it by name too
+    import run as benchmark
+
+    sizes = [benchmark.calibrated_num_train(seconds, 1, 20, 8, concurrency=2, probes=(256, 1024)) for seconds in (1.0, 4.0)]
+    batch = benchmark.sweep_spec(1, 1, 64, 20, 8)["training"]["batch_size"]
+    assert all(size % batch == 0 and size >= batch for size in sizes), sizes
+    assert 2 * sizes[0] < sizes[1], f"4× the time should need about 4× the sequences, got {sizes}"
