@@ -138,6 +138,15 @@ def test_validation_does_not_import_ray_or_mlflow():
     assert out.split() == ["False", "False"]
 
 
+def test_the_runner_leaves_ray_tune_mlflow_and_optuna_to_be_imported_while_ray_starts():
+    """`wcrnn sweep run` imports the runner before the sweep; the seconds of these imports belong
+    after ray.init has started Ray's processes (runner._start_ray_while_loading), not before."""
+    code = ("import sys; import wcrnn.sweep.runner; "
+            "print(*(name in sys.modules for name in ('ray.tune', 'mlflow', 'optuna')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert out.split() == ["False", "False", "False"]
+
+
 def sample(spec, n, seed=0):
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     trials = []

@@ -24,11 +24,12 @@ from urllib.parse import urlparse
 
 from ..errors import ConfigError, ServiceUnavailable
 from .spec import SweepSpec, metric_mode
-from .tracking import (STATUS_TAG, TRIAL_TAG, MLflowTrialCallback, SweepTracker, check_tracking_server,
-                       default_tracking_uri, trial_runs, use_write_ahead_log)
 
+# Ray Tune, MLflow and Optuna (seconds of imports) are imported where they are used: a sweep
+# starts Ray first and imports them while Ray starts (see _start_ray_while_loading).
 if TYPE_CHECKING:
     from ..tasks import Task
+    from .tracking import MLflowTrialCallback
 
 METADATA_FILE = "wcrnn-sweep.json"
 DEFAULT_STORAGE = "wcrnn_runs"
@@ -50,6 +51,11 @@ class SweepResult:
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+
+def default_tracking_uri(directory: str | Path | None = None) -> str:
+    """The embedded default: an SQLite database in the working directory."""
+    return f"sqlite:///{Path(directory or os.getcwd()).resolve() / 'mlflow.db'}"
 
 
 def storage_root(storage: str | None, spec: SweepSpec | None = None) -> str:
@@ -102,11 +108,9 @@ def code_version() -> str:
     return f"{__version__}+{commit}" if commit else __version__
 
 
-def quiet_libraries() -> None:
-    """Our progress line replaces Tune's tables; keep library chatter out of the terminal."""
-    import mlflow  # noqa: F401  (its import sets its loggers to INFO; lower them after)
-    import optuna
-
+def quiet_environment() -> None:
+    """The settings of quiet_libraries that are environment variables: set before Ray starts, so that
+    Ray's processes inherit them."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic reporter honours verbose=0
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
@@ -116,13 +120,21 @@ def quiet_libraries() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
+def quiet_libraries() -> None:
+    """Our progress line replaces Tune's tables; keep library chatter out of the terminal."""
+    import mlflow  # noqa: F401  (its import sets its loggers to INFO; lower them after)
+    import optuna
+
+    quiet_environment()
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 # Ray Tune gives every trial actor a runtime environment: these variables copied from the driver,
-# and PL_DISABLE_FORK for PyTorch Lightning. Two of our own rules override it:
+# and PL_DISABLE_FORK for PyTorch Lightning (which trials do not use). Two of our own rules override it:
 # - Credentials: Ray's runtime-env agent writes a runtime environment to its log in clear text.
 #   Trials get credentials the way every other process on a node does: from the environment Ray
 #   was started with (inherited from this driver when it starts Ray itself; set on cluster nodes).
@@ -137,8 +149,6 @@ def adjust_trial_runtime_environment() -> None:
     from ray.tune.execution import class_cache
 
     class_cache.ENV_VARS_TO_PROPAGATE -= set(CREDENTIALS_NOT_PROPAGATED)
-    for name, value in class_cache.DEFAULT_ENV_VARS.items():
-        os.environ.setdefault(name, value)  # inherited by the workers instead
     class_cache.DEFAULT_ENV_VARS.clear()
 
 
@@ -146,10 +156,9 @@ def init_ray(address: str | None) -> str:
     """Connect to a cluster (`auto`, `ray://…`, `HOST:PORT`) or start Ray in-process."""
     import ray
 
-    adjust_trial_runtime_environment()
     if ray.is_initialized():
         return ray.get_runtime_context().gcs_address or "local"
-    quiet_libraries()
+    quiet_environment()
     kwargs = dict(logging_level=logging.WARNING, log_to_driver=bool(os.environ.get("WCRNN_RAY_LOGS")))
     try:
         if address:
@@ -209,22 +218,27 @@ def _trainable(spec: SweepSpec, task):
 
 
 def _prepare_tracking_store(uri: str) -> None:
+    from .tracking import check_tracking_server, use_write_ahead_log
+
     check_tracking_server(uri)  # a local database is created here the first time (seconds)
     use_write_ahead_log(uri)
 
 
 def _start_ray_while_loading(spec: SweepSpec, uri: str, address: str | None) -> tuple[str, Task]:
-    """(Ray address, the sweep's task): Ray starts (or connects) while another thread loads the data
-    and opens a local tracking database, since each takes seconds. A tracking server is checked
-    first, so that an unreachable one starts nothing; the other errors still stop the sweep before
-    its first trial."""
+    """(Ray address, the sweep's task): Ray starts (or connects) while another thread imports Ray
+    Tune, MLflow and Optuna, loads the data and opens a local tracking database, since each takes
+    seconds. A tracking server is checked first, so that an unreachable one starts nothing; the
+    other errors still stop the sweep before its first trial."""
     from ..tasks import build_task
 
     local_store = uri.startswith("sqlite:")
     if not local_store:
+        quiet_libraries()
         _prepare_tracking_store(uri)
 
     def load() -> Task:
+        quiet_libraries()
+        adjust_trial_runtime_environment()
         if local_store:
             _prepare_tracking_store(uri)
         return build_task(spec.task)
@@ -239,17 +253,18 @@ def _start_ray_while_loading(spec: SweepSpec, uri: str, address: str | None) -> 
 def run_sweep(spec: SweepSpec, spec_text: str, *, address: str | None = None, tracking_uri: str | None = None,
               storage: str | None = None, progress: bool = True, report_dir: str | None = None) -> SweepResult:
     """Run a sweep to completion (or until interrupted: then `resume_sweep` continues it)."""
-    from ray import tune
-
-    quiet_libraries()
     uri = tracking_uri or spec.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
     root = storage_root(storage, spec)
     path = f"{root}/{spec.name}"
     storage_path, filesystem = storage_filesystem(root)
-    if tune.Tuner.can_restore(storage_filesystem(path)[0], storage_filesystem=filesystem):
+    # Ray Tune's check costs its import (a second), worth paying early only where a sweep may be
+    if ("://" in path or filesystem is not None or Path(path).exists()) and _holds_tune_state(path, filesystem):
         raise ConfigError(f"name: a sweep called {spec.name!r} already exists in {root}; "
                           f"continue it with `wcrnn sweep resume {spec.name}` or choose another name or --storage")
     ray_address, task = _start_ray_while_loading(spec, uri, address)
+    from ray import tune
+
+    from .tracking import MLflowTrialCallback, SweepTracker
     artifact_root = None if "://" in uri and not uri.startswith("sqlite") else str(Path("mlartifacts").resolve())
     tracker = SweepTracker(uri, spec)
     experiment_id, parent_run_id = tracker.start(spec_text, ray_address, code_version(), artifact_root)
@@ -278,6 +293,12 @@ def run_sweep(spec: SweepSpec, spec_text: str, *, address: str | None = None, tr
                 checkpoint_score_order=metric_mode(spec.checkpoint_metric))),
     )
     return _fit_and_finish(tuner, spec, metadata, callback, report_dir)
+
+
+def _holds_tune_state(path: str, filesystem) -> bool:
+    from ray import tune
+
+    return tune.Tuner.can_restore(storage_filesystem(path)[0], storage_filesystem=filesystem)
 
 
 def resume_sweep(name_or_path: str, *, address: str | None = None, storage: str | None = None,
@@ -314,6 +335,8 @@ def _discard_unrecorded_trial_runs(client, metadata: dict, analysis) -> None:
     state Ray Tune saved last; the resumed search does not know it and may suggest its configuration
     again as a new trial. Its run would stay beside the sweep's trials for ever (open, or interrupted):
     tag it as discarded and delete it (MLflow keeps deleted runs, and `mlflow runs restore` brings one back)."""
+    from .tracking import STATUS_TAG, TRIAL_TAG, trial_runs
+
     recorded = {trial.trial_id for trial in analysis.trials}
     for run in trial_runs(client, metadata["experiment_id"], metadata["parent_run_id"], "tags.`wcrnn.role` = 'trial'"):
         if run.data.tags.get(TRIAL_TAG) in recorded:
@@ -382,6 +405,8 @@ def _prepare_report() -> None:
 
 
 def _open_trial_runs(client, metadata: dict) -> list:
+    from .tracking import trial_runs
+
     return trial_runs(client, metadata["experiment_id"], metadata["parent_run_id"], "attributes.status = 'RUNNING'")
 
 

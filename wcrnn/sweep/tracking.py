@@ -44,11 +44,6 @@ _NOT_METRICS = set(AUTO_RESULT_KEYS) | {"done", "epoch", "status", "should_check
                                         "iterations_since_restore", "time_since_restore", "experiment_tag"}
 
 
-def default_tracking_uri(directory: str | Path | None = None) -> str:
-    """The embedded default: an SQLite database in the working directory."""
-    return f"sqlite:///{Path(directory or os.getcwd()).resolve() / 'mlflow.db'}"
-
-
 def trial_runs(client, experiment_id: str, parent_run_id: str, where: str = "", max_results: int = 50_000) -> list:
     """The trial runs of one sweep (the children of its parent run), optionally narrowed by an MLflow
     filter such as `attributes.status = 'RUNNING'`. Deleted runs are left out, as in the MLflow UI."""
