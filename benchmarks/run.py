@@ -182,7 +182,7 @@ def calibrated_num_train(trial_seconds: float, epochs: int, length: int, hidden_
 
     batch = sweep_spec(1, epochs, probes[0], length, hidden_size)["training"]["batch_size"]
 
-    def timed(size: int) -> float:
+    def timed(pool, size: int) -> float:
         fields = sweep_spec(1, epochs, size, length, hidden_size)
         return sum(pool.map(probe_trial_seconds, [fields] * concurrency)) / concurrency
 
@@ -193,10 +193,10 @@ def calibrated_num_train(trial_seconds: float, epochs: int, length: int, hidden_
         return max(batch, round((trial_seconds - fixed) / per_sequence / batch) * batch)
 
     with ProcessPoolExecutor(concurrency, mp_context=get_context("spawn")) as pool:
-        timed(probes[0])  # warm-up: each process's first trial pays one-off costs
-        points = [(size, timed(size)) for size in probes]
+        timed(pool, probes[0])  # warm-up: each process's first trial pays one-off costs
+        points = [(size, timed(pool, size)) for size in probes]
         estimate = size_for(points)
-        return size_for([points[1], (estimate, timed(estimate))])
+        return size_for([points[1], (estimate, timed(pool, estimate))])
 
 
 EMBEDDED, RUNNING = "embedded (started by the sweep)", "running (ray start --head, kept for many sweeps)"
