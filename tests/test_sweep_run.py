@@ -124,6 +124,23 @@ def test_the_report_warm_up_runs_beside_pyplot_drawing_and_leaves_no_figure_open
     assert plt.get_fignums() == open_before
 
 
+def test_the_ray_a_sweep_starts_preloads_the_trial_modules_and_retries_its_object_store_quickly(tmp_path):
+    """Read back from Ray's GCS what the raylet was started with."""
+    script = ("import json, ray\n"
+              "from ray._private.state import state\n"
+              "from wcrnn.sweep.runner import init_ray\n"
+              "init_ray(None)\n"
+              "print(json.dumps(state.get_system_config()))\n"
+              "ray.shutdown()\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=ENV, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    config = json.loads(done.stdout.strip().splitlines()[-1])
+    assert config["preload_python_modules"] == ["ray.tune", "wcrnn.sweep.trainable"]
+    retry_ms, attempts = config["raylet_client_connect_timeout_milliseconds"], config["raylet_client_num_connect_attempts"]
+    assert retry_ms <= 100 and retry_ms * attempts >= 10_000  # Ray's default patience: 10 tries 1 s apart
+
+
 def test_missing_data_stops_the_sweep_before_any_run_with_the_data_message(tmp_path):
     # The data load while Ray starts (runner._start_ray_while_loading); their error still ends the sweep.
     spec = tmp_path / "missing.yaml"
