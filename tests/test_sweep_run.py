@@ -125,17 +125,20 @@ def test_the_report_warm_up_runs_beside_pyplot_drawing_and_leaves_no_figure_open
 
 
 def test_the_ray_a_sweep_starts_preloads_the_trial_modules_and_retries_its_object_store_quickly(tmp_path):
-    """Read back from Ray's GCS what the raylet was started with."""
+    """Read back from Ray's GCS what the raylet was started with. ray.init adds the session's own
+    settings to the dict it is given: the next Ray this process starts must not inherit them."""
     script = ("import json, ray\n"
               "from ray._private.state import state\n"
-              "from wcrnn.sweep.runner import init_ray\n"
+              "from wcrnn.sweep.runner import RAY_SYSTEM_CONFIG, init_ray\n"
               "init_ray(None)\n"
               "print(json.dumps(state.get_system_config()))\n"
-              "ray.shutdown()\n")
+              "ray.shutdown()\n"
+              "print(json.dumps(RAY_SYSTEM_CONFIG))\n")
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=ENV, capture_output=True, text=True,
                           timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
-    config = json.loads(done.stdout.strip().splitlines()[-1])
+    config, settings_after = (json.loads(line) for line in done.stdout.strip().splitlines()[-2:])
+    assert "object_spilling_config" in config and "object_spilling_config" not in settings_after
     assert config["preload_python_modules"] == ["ray.tune", "wcrnn.sweep.trainable"]
     retry_ms, attempts = config["raylet_client_connect_timeout_milliseconds"], config["raylet_client_num_connect_attempts"]
     assert retry_ms <= 100 and retry_ms * attempts >= 10_000  # Ray's default patience: 10 tries 1 s apart

@@ -138,13 +138,16 @@ def test_validation_does_not_import_ray_or_mlflow():
     assert out.split() == ["False", "False"]
 
 
-def test_the_runner_leaves_ray_tune_mlflow_and_optuna_to_be_imported_while_ray_starts():
-    """`wcrnn sweep run` imports the runner before the sweep; the seconds of these imports belong
-    after ray.init has started Ray's processes (runner._start_ray_while_loading), not before."""
-    code = ("import sys; import wcrnn.sweep.runner; "
-            "print(*(name in sys.modules for name in ('ray.tune', 'mlflow', 'optuna')))")
+def test_the_cli_reads_a_spec_and_reaches_the_runner_without_pytorch_ray_tune_mlflow_or_optuna():
+    """`wcrnn sweep run` loads the spec and imports the runner before the sweep starts; the seconds
+    of these imports belong after ray.init has started Ray's processes
+    (runner._start_ray_while_loading), not before. `wcrnn sweep validate` never needs them."""
+    code = ("import sys; import wcrnn.cli; from wcrnn.sweep import load_spec; import wcrnn.sweep.runner; "
+            "spec, _ = load_spec('sweeps/quickstart.yaml'); "
+            "spec.trial_run_config({}); "
+            "print(*(name in sys.modules for name in ('torch', 'ray.tune', 'mlflow', 'optuna')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
-    assert out.split() == ["False", "False", "False"]
+    assert out.split() == ["False", "False", "False", "False"]
 
 
 def sample(spec, n, seed=0):

@@ -19,6 +19,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt or unsafe; the message names the file."""
 
 
+class DataError(RuntimeError):
+    """Data missing or unreadable; the message says how to get it (one line)."""
+
+
 _UNION_TAGS = {"wcrnn", "elman", "gru", "lstm", "lru", "complex_diagonal", "linear",
                "smnist", "psmnist", "scifar", "adding", "teacher_student",
                "uniform", "loguniform", "int", "categorical"}

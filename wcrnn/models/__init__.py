@@ -1,69 +1,30 @@
-"""Recurrent models: WCRNN and its baselines, all built through `build_model`."""
+"""Recurrent models: WCRNN and its baselines, all built through `build_model`.
+
+The configs (and their checks) are plain Python and load at once; the models import PyTorch,
+seconds on a small machine, so they load on first use: `wcrnn sweep validate` and the sweep
+driver's start-up do not wait for PyTorch.
+"""
 
 from __future__ import annotations
 
-import torch
+import importlib
 
-from .base import RecurrentCore, SequenceModel
-from .complex_diagonal import ComplexDiagonalRNN
+from .checks import RESIDUAL_KINDS
 from .config import (MODEL_NAMES, ComplexDiagonalConfig, ElmanConfig, GRUConfig, LinearConfig,
                      LRUConfig, LSTMConfig, ModelConfig, ModelConfigAdapter, WCRNNConfig)
-from .elman import ElmanRNN
-from .gated import GRU, LSTM
-from .linear import LinearRNN
-from .lru import LRU
-from .residuals import RESIDUAL_KINDS, Residual, build_residual
-from .wcrnn import WCRNN
 
-# State-space models carry a direct input-to-output term D x_t in their readout.
-_INPUT_SKIP = {"lru", "complex_diagonal", "linear"}
+_MODULE_OF = {
+    "RecurrentCore": "base", "SequenceModel": "base", "WCRNN": "wcrnn", "ElmanRNN": "elman", "GRU": "gated",
+    "LSTM": "gated", "LRU": "lru", "ComplexDiagonalRNN": "complex_diagonal", "LinearRNN": "linear",
+    "Residual": "residuals", "build_residual": "residuals", "build_core": "build", "build_model": "build",
+    "parse_model_config": "build", "predicted_exponents": "build",
+}
 
 
-def parse_model_config(config) -> ModelConfig:
-    """Validate a dict (or pass through an already validated config)."""
-    if isinstance(config, dict):
-        return ModelConfigAdapter.validate_python(config)
-    return config
-
-
-def build_core(config, input_size: int) -> RecurrentCore:
-    config = parse_model_config(config)
-    n = config.hidden_size
-    if config.name == "wcrnn":
-        residual = build_residual(n, **config.residual_arguments())
-        return WCRNN(input_size, n, residual, config.gamma, config.heads, config.nonlinearity)
-    if config.name == "elman":
-        if config.init == "default":
-            return ElmanRNN(input_size, n)
-        return ElmanRNN(input_size, n, build_residual(n, **config.residual_arguments()), config.gamma)
-    if config.name == "gru":
-        return GRU(input_size, n)
-    if config.name == "lstm":
-        return LSTM(input_size, n)
-    if config.name == "lru":
-        return LRU(input_size, n, config.r_min, config.r_max, config.max_phase)
-    if config.name == "complex_diagonal":
-        return ComplexDiagonalRNN(input_size, n, config.r_min, config.r_max, config.max_phase)
-    if config.name == "linear":
-        return LinearRNN(input_size, n, config.heads, config.radius)
-    raise ValueError(f"model name {config.name!r} is unknown: use one of {', '.join(MODEL_NAMES)}")
-
-
-def build_model(config, input_size: int, output_size: int, readout: str = "last",
-                seed: int | None = None) -> SequenceModel:
-    """Build any model from a config (dict or pydantic); `seed` makes the initialisation reproducible."""
-    config = parse_model_config(config)
-    with torch.random.fork_rng(devices=[]):
-        if seed is not None:
-            torch.manual_seed(seed)
-        core = build_core(config, input_size)
-        return SequenceModel(core, output_size, readout, input_skip=config.name in _INPUT_SKIP)
-
-
-def predicted_exponents(model: SequenceModel) -> list[float] | None:
-    """Theory for WCRNNs with a linear residual: sorted log|eig(R)| (the γ → 0 limit)."""
-    residual = getattr(model.core, "residual", None)
-    return residual.predicted_exponents() if residual is not None else None
+def __getattr__(name):
+    if name in _MODULE_OF:
+        return getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

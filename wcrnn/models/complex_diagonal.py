@@ -10,7 +10,8 @@ import math
 import torch
 from torch import nn
 
-from .lru import DiagonalComplexCore, check_ring_arguments, ring_init
+from .checks import check_ring_arguments
+from .lru import DiagonalComplexCore, ring_init
 
 
 class ComplexDiagonalRNN(DiagonalComplexCore):

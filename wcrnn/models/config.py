@@ -12,9 +12,7 @@ from typing import Annotated, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
-from .lru import check_ring_arguments
-from .residuals import ResidualKind, check_residual_arguments
-from .wcrnn import check_coupling_arguments
+from .checks import ResidualKind, check_coupling_arguments, check_residual_arguments, check_ring_arguments
 
 
 class _Strict(BaseModel):

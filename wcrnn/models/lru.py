@@ -17,14 +17,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from .base import RecurrentCore
+from .checks import check_ring_arguments
 from .recurrence import diagonal_linear_recurrence
-
-
-def check_ring_arguments(r_min: float, r_max: float, max_phase: float) -> None:
-    if not 0 <= r_min < r_max <= 1:
-        raise ValueError(f"r_min={r_min}, r_max={r_max}: need 0 <= r_min < r_max <= 1")
-    if not max_phase > 0:
-        raise ValueError(f"max_phase={max_phase} must be > 0")
 
 
 def ring_init(n: int, r_min: float, r_max: float, max_phase: float) -> tuple[torch.Tensor, torch.Tensor]:

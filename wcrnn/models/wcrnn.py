@@ -20,19 +20,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from .base import RecurrentCore
+from .checks import check_coupling_arguments
 from .recurrence import wcrnn_recurrence
 from .residuals import Residual
-
-
-def check_coupling_arguments(hidden_size: int, heads: int, gamma: float, nonlinearity: str) -> None:
-    if heads < 1 or hidden_size % heads:
-        divisors = [d for d in range(1, hidden_size + 1) if hidden_size % d == 0]
-        raise ValueError(
-            f"heads={heads} must divide hidden_size={hidden_size}: use one of {divisors}")
-    if not gamma >= 0 or not math.isfinite(gamma):
-        raise ValueError(f"gamma={gamma} must be a finite number >= 0 (the coupling strength)")
-    if nonlinearity not in ("tanh", "relu"):
-        raise ValueError(f"nonlinearity={nonlinearity!r} is unknown: use tanh or relu")
 
 
 class WCRNN(RecurrentCore):

@@ -173,7 +173,8 @@ def init_ray(address: str | None) -> str:
         if address:
             ray.init(address=address, **kwargs)
         else:
-            ray.init(include_dashboard=False, _system_config=RAY_SYSTEM_CONFIG, **kwargs)
+            # a copy: ray.init adds the session's own settings (its spill folder) to the dict it is given
+            ray.init(include_dashboard=False, _system_config=dict(RAY_SYSTEM_CONFIG), **kwargs)
     except ConnectionError as error:
         raise ServiceUnavailable(f"--address {address}: cannot connect to the Ray cluster ({error})") from None
     return address or "local"
@@ -234,18 +235,18 @@ def _prepare_tracking_store(uri: str) -> None:
 
 
 def _start_ray_while_loading(spec: SweepSpec, uri: str, address: str | None) -> tuple[str, Task]:
-    """(Ray address, the sweep's task): Ray starts (or connects) while another thread imports Ray
-    Tune, MLflow and Optuna, loads the data and opens a local tracking database, since each takes
-    seconds. A tracking server is checked first, so that an unreachable one starts nothing; the
-    other errors still stop the sweep before its first trial."""
-    from ..tasks import build_task
-
+    """(Ray address, the sweep's task): Ray starts (or connects) while another thread imports
+    PyTorch, Ray Tune, MLflow and Optuna, loads the data and opens a local tracking database, since
+    each takes seconds. A tracking server is checked first, so that an unreachable one starts
+    nothing; the other errors still stop the sweep before its first trial."""
     local_store = uri.startswith("sqlite:")
     if not local_store:
         quiet_libraries()
         _prepare_tracking_store(uri)
 
     def load() -> Task:
+        from ..tasks import build_task  # and PyTorch, a second or two
+
         quiet_libraries()
         adjust_trial_runtime_environment()
         if local_store:

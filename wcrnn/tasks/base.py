@@ -1,4 +1,4 @@
-"""Containers shared by all tasks: a data split, the task itself, and the data error.
+"""Containers shared by all tasks: a data split and the task itself.
 
 A split stores its data in the most compact form available (uint8 pixels for images,
 float tensors for generated tasks) and turns it into float32 sequences one batch at a
@@ -15,10 +15,6 @@ import torch
 import torch.nn.functional as F
 
 Kind = Literal["classification", "regression_last", "regression_sequence"]
-
-
-class DataError(RuntimeError):
-    """Data missing or unreadable; the message says how to get it (one line)."""
 
 
 def derive_seed(seed: int, stream: str) -> int:

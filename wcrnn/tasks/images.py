@@ -6,7 +6,8 @@ import os
 
 import torch
 
-from .base import DataError, PixelSequence, SequenceSplit, Task
+from ..errors import DataError
+from .base import PixelSequence, SequenceSplit, Task
 
 
 def split_by_seed(n: int, fractions: list[float], seed: int) -> list[torch.Tensor]:

@@ -24,7 +24,8 @@ import functools
 
 import torch
 
-from .base import DataError, Task
+from ..errors import DataError
+from .base import Task
 from .config import PSMNISTConfig, SMNISTConfig
 from .images import image_task, load_torchvision, split_by_seed
 
