@@ -1,6 +1,6 @@
 """wcrnn benchmarks: one run, everything side by side, written as JSON and a markdown table.
 
-    make bench                                   (full: about 12 minutes on 2 cores)
+    make bench                                   (full: about 15 minutes on 2 cores)
     .venv/bin/python benchmarks/run.py --smoke   (tiny sizes; CI runs this to keep it working)
 
 What is measured (each against a baseline measured in the same run, on the same machine):
@@ -16,7 +16,11 @@ What is measured (each against a baseline measured in the same run, on the same 
    times, and MLflow's share of trial time: five times on an embedded Ray (its start-up varies
    by seconds from run to run on a shared machine; the median is the result), and once against
    a local Ray head kept running between sweeps (`ray start --head`).
-4. On a GPU, when there is one: the training step against cuDNN's nn.RNN.
+4. On a GPU, when there is one: the training step against cuDNN's nn.RNN, and trials per GPU
+   with fractional resources: the same trials asking for 1, 1/2 and 1/4 of a GPU each, so that
+   Ray runs 1, 2 or 4 at a time on every GPU; their throughput against one trial per GPU.
+   (The smoke run checks this on a logical GPU when there is no real one: Ray schedules it,
+   the trials train on the CPU.)
 
 Timings are the best of a few repeats after a warm-up; ratios, not seconds, are the result.
 The allocator setting wcrnn uses (wcrnn/memory.py) is applied first, so torch.nn.RNN gets it too.
@@ -24,7 +28,9 @@ The allocator setting wcrnn uses (wcrnn/memory.py) is applied first, so torch.nn
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
 import math
 import os
 import platform
@@ -202,9 +208,21 @@ def calibrated_num_train(trial_seconds: float, epochs: int, length: int, hidden_
 EMBEDDED, RUNNING = "embedded (started by the sweep)", "running (ray start --head, kept for many sweeps)"
 
 
-def sweep_row(spec_fields: dict, address: str | None = None) -> dict:
+def most_at_once(intervals: list[tuple[float, float]]) -> int:
+    """The most (start, end) intervals open at the same moment (one ending as another starts: not both)."""
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    running = most = 0
+    for _, change in events:
+        running += change
+        most = max(most, running)
+    return most
+
+
+def sweep_row(spec_fields: dict, address: str | None = None, logical_gpus: int | None = None) -> dict:
     """One real sweep, timed from the call to its return; Ray is shut down afterwards, so that the
-    next embedded sweep starts its own, as every `wcrnn sweep run` does."""
+    next embedded sweep starts its own, as every `wcrnn sweep run` does. `logical_gpus`: start the
+    embedded Ray with that many GPUs that Ray schedules but that do not exist (the smoke run's check
+    of fractional GPUs on a machine without one)."""
     import ray
     import yaml
     from mlflow import MlflowClient
@@ -218,6 +236,9 @@ def sweep_row(spec_fields: dict, address: str | None = None) -> dict:
         started_at = time.time()
         start = time.perf_counter()
         try:
+            if logical_gpus:
+                ray.init(num_gpus=logical_gpus, include_dashboard=False, logging_level=logging.WARNING,
+                         log_to_driver=False)
             result = run_sweep(spec, yaml.safe_dump(spec_fields), address=address, progress=False,
                                tracking_uri=f"sqlite:///{folder}/mlflow.db", storage=f"{folder}/runs",
                                report_dir=f"{folder}/report")
@@ -226,6 +247,8 @@ def sweep_row(spec_fields: dict, address: str | None = None) -> dict:
             ray.shutdown()
         trial_runs = client.search_runs([result.experiment_id], "tags.`wcrnn.role` = 'trial'")
     ends = sorted(run.info.end_time / 1000 - started_at for run in trial_runs)
+    # the tracking thread opens and closes the trials' runs in the order Tune starts and ends them
+    intervals = [(run.info.start_time / 1000, run.info.end_time / 1000) for run in trial_runs]
     first_trial = min(run.info.start_time for run in trial_runs) / 1000 - started_at
     concurrency = min(spec.resources.max_concurrent, spec.budget.num_trials)
     ideal = result.trial_seconds / concurrency  # perfect packing of the trials on the workers
@@ -238,6 +261,7 @@ def sweep_row(spec_fields: dict, address: str | None = None) -> dict:
             "steady_overhead_share_of_wall": 1 - ideal / (ends[-1] - first_trial),
             # how long the last trial ran alone while the other workers had nothing left to do
             "last_trial_alone_seconds": ends[-1] - ends[-2] if len(ends) > 1 else 0.0,
+            "most_trials_at_once": most_at_once(intervals),
             "mlflow_seconds": result.tracking_seconds - result.rendering_seconds,
             "mlflow_share_of_trial_time": (result.tracking_seconds - result.rendering_seconds) / result.trial_seconds,
             "rendering_seconds": result.rendering_seconds,
@@ -280,6 +304,25 @@ def sweep_rows(spec_fields: dict, repeats: int) -> list[dict]:
     rows = [sweep_row(spec_fields) for _ in range(repeats)]
     with running_local_ray(os.cpu_count() or 1) as address:
         rows.append(sweep_row(spec_fields, address))
+    return rows
+
+
+def gpu_packing_rows(spec_fields: dict, shares: tuple[int, ...], gpus: int, logical: bool = False) -> list[dict]:
+    """Trials per GPU: the same trials asking for 1/k of a GPU each (`resources.gpu`), so that Ray runs
+    k at a time on every GPU. A small recurrent model leaves most of a GPU idle; the throughput
+    (trials per hour between the first trial's start and the last one's end) against k = 1 says
+    how much of it packing wins back."""
+    rows = []
+    for share in shares:
+        fields = copy.deepcopy(spec_fields)
+        fields["resources"] = {"cpu": 1, "gpu": 1 / share, "max_concurrent": share * gpus}
+        row = sweep_row(fields, logical_gpus=gpus if logical else None)
+        window = row["wall_seconds"] - row["startup_seconds"] - row["finish_seconds"]
+        row.update(trials_per_gpu=share, gpus=gpus, logical_gpus=logical,
+                   trials_per_hour=row["trials"] / window * 3600)
+        rows.append(row)
+    for row in rows:
+        row["throughput_vs_one_per_gpu"] = row["trials_per_hour"] / rows[0]["trials_per_hour"]
     return rows
 
 
@@ -344,8 +387,22 @@ def markdown(results: dict) -> str:
                          f"| {100 * row['mlflow_share_of_trial_time']:.2f}% | {100 * row['rendering_share_of_trial_time']:.2f}% |")
         lines += ["", f"Embedded Ray, median overhead of {len(embedded)} runs: "
                       f"{100 * embedded[len(embedded) // 2]:.1f}%.", ""]
+    if results.get("gpu_packing"):
+        rows = results["gpu_packing"]
+        where = (f"{rows[0]['gpus']} logical GPU(s) that Ray schedules but that do not exist: the trials trained on "
+                 "the CPU, so only the scheduling is checked" if rows[0]["logical_gpus"] else f"{rows[0]['gpus']} GPU(s)")
+        lines += [f"**Trials per GPU** (fractional resources, {where}): {rows[0]['trials']} trials of {rows[0]['epochs']} "
+                  f"epoch(s) on {rows[0]['num_train']} adding-problem sequences, each asking for 1/k of a GPU. Trials "
+                  "per hour between the first trial's start and the last one's end.", "",
+                  "| trials per GPU (k) | most at once | mean trial s | wall s | trials per hour | × one per GPU |",
+                  "|---|---|---|---|---|---|"]
+        for row in rows:
+            lines.append(f"| {row['trials_per_gpu']} | {row['most_trials_at_once']} | {row['mean_trial_seconds']:.1f} "
+                         f"| {row['wall_seconds']:.1f} | {row['trials_per_hour']:.0f} | {row['throughput_vs_one_per_gpu']:.2f} |")
+        lines.append("")
     if not info["gpu"]:
-        lines.append("No GPU on this machine: the cuDNN comparison was not run.")
+        lines.append("No GPU on this machine: the cuDNN comparison and the trials per GPU were not measured"
+                     + (" (the trials-per-GPU rows above ran on a logical GPU)." if results.get("gpu_packing") else "."))
     return "\n".join(lines) + "\n"
 
 
@@ -356,14 +413,15 @@ app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
 def main(
     smoke: bool = typer.Option(False, help="Tiny sizes: checks the benchmark works, measures nothing meaningful."),
     output: Path = typer.Option(RESULTS, help="Folder for benchmark.json and benchmark.md."),
-    only: Optional[str] = typer.Option(None, help="Comma-separated sections: recurrence, lyapunov, sweep."),
+    only: Optional[str] = typer.Option(None, help="Comma-separated sections: recurrence, lyapunov, sweep, gpu."),
 ):
     """Run the benchmarks and write benchmark.json and benchmark.md."""
     reuse_freed_memory()
-    sections = set((only or "recurrence,lyapunov,sweep").split(","))
-    unknown = sections - {"recurrence", "lyapunov", "sweep"}
+    sections = set((only or "recurrence,lyapunov,sweep,gpu").split(","))
+    unknown = sections - {"recurrence", "lyapunov", "sweep", "gpu"}
     if unknown:
-        raise typer.BadParameter(f"unknown section(s) {sorted(unknown)}: use recurrence, lyapunov, sweep", param_hint="--only")
+        raise typer.BadParameter(f"unknown section(s) {sorted(unknown)}: use recurrence, lyapunov, sweep, gpu",
+                                 param_hint="--only")
     command = "make bench" if not smoke and only is None else "python benchmarks/run.py" + (" --smoke" if smoke else "") + (f" --only {only}" if only else "")
     results = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "command": command, "smoke": smoke,
                "machine": machine(), "peak_matmul_gflops": peak_matmul_flops("cpu") / 1e9}
@@ -384,6 +442,13 @@ def main(
         # The target's sweep: 8 trials of about 20 s each (4 epochs), 2 at a time on 2 cores.
         fields = sweep_spec(2, 1, 256, 20, 8) if smoke else sweep_spec(8, 4, calibrated_num_train(20, 4, 200, 64, concurrency=2), 200, 64)
         results["sweep"] = sweep_rows(fields, repeats=1 if smoke else 5)
+    gpus = torch.cuda.device_count()
+    if "gpu" in sections and (gpus or smoke):
+        print("trials per GPU ...", flush=True)
+        if smoke:  # a logical GPU where there is none: checks that Ray packs the trials, measures nothing
+            results["gpu_packing"] = gpu_packing_rows(sweep_spec(2, 1, 256, 20, 8), (1, 2), max(gpus, 1), logical=not gpus)
+        else:  # sMNIST-length sequences; 4 trials per GPU, so that at k = 4 they all run at once
+            results["gpu_packing"] = gpu_packing_rows(sweep_spec(4 * gpus, 1, 4096, 784, 128), (1, 2, 4), gpus)
     output.mkdir(parents=True, exist_ok=True)
     (output / "benchmark.json").write_text(json.dumps(results, indent=1) + "\n")
     table = markdown(results)

@@ -47,11 +47,22 @@ def test_smoke_benchmark_measures_every_section_and_writes_json_and_markdown(tmp
         assert sweep["wall_seconds"] >= sweep["trial_seconds_total"] / sweep["concurrency"]
         assert 0 < sweep["mlflow_seconds"] < sweep["wall_seconds"]
         assert 0 <= sweep["last_trial_alone_seconds"] < sweep["wall_seconds"]
+        assert sweep["most_trials_at_once"] == sweep["concurrency"]
+
+    # trials per GPU: each trial asks for 1/k of a GPU (a logical one where there is none) and Ray
+    # runs k at a time on every GPU
+    packing = results["gpu_packing"]
+    assert [row["trials_per_gpu"] for row in packing] == [1, 2]
+    for row in packing:
+        assert row["most_trials_at_once"] == min(row["trials"], row["trials_per_gpu"] * row["gpus"]), row
+        assert row["trials_per_hour"] > 0
+    assert packing[0]["throughput_vs_one_per_gpu"] == 1.0
     left = [path.parent.name for path in Path("/proc").glob("[0-9]*/cmdline") if b"wcrnn-bench-ray-" in read(path)]
     assert left == [], "the benchmark's own Ray head was left running"
 
     table = (tmp_path / "benchmark.md").read_text()
     assert "× nn.RNN" in table and "Lyapunov spectrum" in table and "Sweep orchestration" in table
+    assert "Trials per GPU" in table
     assert results["date"] in table
 
 
