@@ -222,6 +222,18 @@ def test_report_command_writes_table_and_figures(quickstart):
     assert objectives == sorted(objectives)  # best (lowest val_mse) first
     for figure in ("objective_vs_parameters", "lyapunov_vs_objective", "learning_curves", "param_importances"):
         assert (workdir / "myreport" / f"{figure}.png").stat().st_size > 5000
+    client, _, _ = runs_of(workdir, "quickstart")
+    for row in report["table"]:  # epochs trained: all 4 when finished, fewer when ASHA stopped the trial
+        trained = max(m.step for m in client.get_metric_history(row["run_id"], "val_mse"))
+        assert row["epochs"] == trained and (trained == 4) == (row["status"] == "finished"), row
+
+    # The table as people read it: one line per trial, whole even through a pipe, no library chatter.
+    lines = sweep(workdir, "report", "quickstart", "--out", "myreport").stderr.splitlines()
+    assert not any("study created" in line for line in lines)
+    for row in report["table"]:
+        line = next(line for line in lines if line.lstrip().startswith(row["trial_id"]))
+        shown = line.split()
+        assert f"{row['objective']:.4g}" in shown and shown[-1] == str(row["epochs"]), line
 
 
 # -- a diverging trial -------------------------------------------------------------------------

@@ -123,6 +123,8 @@ def report(
 ):
     """The best trials table and plots (objective vs parameters, Lyapunov vs objective, learning curves, Optuna plots)."""
     from mlflow import MlflowClient
+    from rich import box
+    from rich.console import Console
     from rich.table import Table
 
     from .report import collect_trials, write_report
@@ -143,13 +145,21 @@ def report(
     if as_json:
         print_json({"name": spec.name, "objective": spec.objective.model_dump(), "report_dir": str(folder), **summary})
         return
-    table = Table(title=f"{spec.name}: best trials by {spec.objective.metric} ({spec.objective.mode})")
-    columns = ["trial_id", "status", "objective", *spec.parameters, "max_lyapunov", "epoch"]
+    table = Table(title=f"{spec.name}: best trials by {spec.objective.metric} ({spec.objective.mode})",
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    headers = {"trial_id": "trial", "objective": spec.objective.metric, "max_lyapunov": "λ max"}
+    columns = ["trial_id", "status", "objective", *spec.parameters, "max_lyapunov", "epochs"]
     for column in columns:
-        table.add_column(column.split(".")[-1])
+        header = headers.get(column, column.split(".")[-1])
+        # A narrow terminal wraps a value onto a second line rather than cutting its digits off.
+        table.add_column(header, overflow="fold", min_width=len("finished") if column == "status" else len(header),
+                         no_wrap=column == "trial_id")
     for row in summary["table"][:top]:
-        table.add_row(*[f"{row.get(c):.4g}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns])
-    err.print(table)
+        table.add_row(*[f"{row[c]:.4g}" if isinstance(row.get(c), float) else str(row.get(c, "")).replace("_", " ")
+                        if c == "status" else str(row.get(c, "")) for c in columns])
+    # A file or a pipe has no width to fit: the table goes there whole.
+    wide = Console(stderr=True, width=10_000)
+    (err if err.is_terminal else Console(stderr=True, width=wide.measure(table).maximum)).print(table)
     err.print("figures: " + ", ".join(summary["figures"]), highlight=False)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..plots import plot_curves, save_figure
 from .spec import SweepSpec
-from .tracking import STATUS_TAG, TRIAL_TAG, trial_runs
+from .tracking import LAST_EPOCH_TAG, STATUS_TAG, TRIAL_TAG, trial_runs
 
 
 @dataclass
@@ -27,11 +27,12 @@ class TrialRecord:
     params: dict  # the sampled values, keyed by dotted path
     metrics: dict  # last value of every metric
     objective: float | None
+    epochs: int | None  # epochs trained (fewer than max_epochs when ASHA stopped it)
 
     def row(self) -> dict:
         return {"trial_id": self.trial_id, "run_id": self.run_id, "status": self.status,
                 "objective": self.objective, **self.params,
-                **{k: self.metrics.get(k) for k in ("max_lyapunov", "mean_lyapunov", "epoch")}}
+                **{k: self.metrics.get(k) for k in ("max_lyapunov", "mean_lyapunov")}, "epochs": self.epochs}
 
 
 @dataclass
@@ -59,9 +60,10 @@ def collect_trials(client, spec: SweepSpec, experiment_id: str, parent_run_id: s
     for run in trial_runs(client, experiment_id, parent_run_id):
         sampled = json.loads(run.data.tags.get("wcrnn.sampled", "{}"))
         metrics = dict(run.data.metrics)
+        last_epoch = run.data.tags.get(LAST_EPOCH_TAG, "")
         records.append(TrialRecord(run.info.run_id, run.data.tags.get(TRIAL_TAG, ""),
                                    run.data.tags.get(STATUS_TAG, run.info.status.lower()), sampled, metrics,
-                                   metrics.get(spec.objective.metric)))
+                                   metrics.get(spec.objective.metric), int(last_epoch) if last_epoch.isdigit() else None))
     records.sort(key=lambda r: r.trial_id)
     return SweepTrials(spec, records)
 
@@ -174,7 +176,12 @@ def _optuna_figures(trials: SweepTrials, folder: Path) -> list[Path]:
 
     spec = trials.spec
     distributions = {path: optuna_distribution(dist) for path, dist in spec.parameters.items()}
-    study = optuna.create_study(direction="minimize" if spec.objective.mode == "min" else "maximize")
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # "a new study created in memory" is not news here
+    try:
+        study = optuna.create_study(direction="minimize" if spec.objective.mode == "min" else "maximize")
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     for trial in trials.ranked():
         params = {k: v for k, v in trial.params.items() if k in distributions}
         study.add_trial(optuna.trial.create_trial(params=params, value=trial.objective,

@@ -40,6 +40,7 @@ log = logging.getLogger("wcrnn.sweep")
 STATUS_TAG = "wcrnn.status"
 TRIAL_TAG = "wcrnn.trial_id"
 SWEEP_TAG = "wcrnn.sweep"
+LAST_EPOCH_TAG = "wcrnn.last_epoch"
 _NOT_METRICS = set(AUTO_RESULT_KEYS) | {"done", "epoch", "status", "should_checkpoint", "checkpoint_dir_name",
                                         "iterations_since_restore", "time_since_restore", "experiment_tag"}
 
@@ -61,7 +62,7 @@ def epoch_record(result: dict, at: float | None = None) -> tuple[int, list, list
     metrics = [Metric(name, float(value), stamp, step) for name, value in result.items()
                if name not in _NOT_METRICS and isinstance(value, (int, float)) and not isinstance(value, bool)
                and math.isfinite(value)]
-    tags = [RunTag("wcrnn.node_ip", str(result.get("node_ip", ""))), RunTag("wcrnn.last_epoch", str(step)),
+    tags = [RunTag("wcrnn.node_ip", str(result.get("node_ip", ""))), RunTag(LAST_EPOCH_TAG, str(step)),
             RunTag("wcrnn.node_id", str(result.get("node_id", "")))]
     if result.get("status") == "diverged":
         tags.append(RunTag(STATUS_TAG, "diverged"))
