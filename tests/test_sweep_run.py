@@ -144,6 +144,61 @@ def test_the_ray_a_sweep_starts_preloads_the_trial_modules_and_retries_its_objec
     assert retry_ms <= 100 and retry_ms * attempts >= 10_000  # Ray's default patience: 10 tries 1 s apart
 
 
+def test_a_sweep_asking_for_a_gpu_this_machine_lacks_stops_naming_the_field_instead_of_waiting(tmp_path):
+    """An embedded Ray never gains a GPU: Tune would wait forever, warning once a minute."""
+    spec = tmp_path / "gpu.yaml"
+    spec.write_text(yaml.safe_dump(small_spec("wants-gpu", resources={"cpu": 1, "gpu": 0.25})))
+    done = subprocess.run([*WCRNN, "sweep", "run", str(spec)], cwd=tmp_path, env=ENV, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert ("error: resources.gpu=0.25, but Ray on this machine has no GPU, so no trial could ever start: "
+            "use --set resources.gpu=0 to train on the CPU") in done.stderr and "Traceback" not in done.stderr
+    assert MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_experiment_by_name("wants-gpu") is None
+    assert not (tmp_path / "wcrnn_runs").exists()
+
+
+def test_what_a_trial_asks_for_is_checked_against_the_largest_node():
+    """One embedded Ray, several requests: an error with the fix on one machine, a warning on a
+    cluster (an autoscaler may add the node), the resume wording, and no complaint when a trial fits."""
+    script = """
+import os
+from wcrnn.errors import ConfigError
+from wcrnn.sweep.runner import check_a_trial_fits, init_ray
+from wcrnn.sweep.spec import SweepSpec
+import yaml, sys
+base = yaml.safe_load(sys.stdin.read())
+def spec(**resources):
+    return SweepSpec.model_validate({**base, "resources": resources})
+init_ray(None)
+import ray
+cpus = ray.cluster_resources()["CPU"]
+check_a_trial_fits(spec(cpu=cpus), None)
+print("fits")
+for resources, address, resuming in [({"cpu": cpus + 1}, None, False), ({"cpu": 1, "gpu": 2}, None, True),
+                                     ({"cpu": 1, "gpu": 1}, "auto", False)]:
+    try:
+        check_a_trial_fits(spec(**resources), address, resuming)
+        print("passed")
+    except ConfigError as error:
+        print("error:", error)
+print("cpus", f"{cpus:g}")
+"""
+    done = subprocess.run([sys.executable, "-c", script], input=yaml.safe_dump(small_spec("fits")), env=ENV,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    cpus = float(lines[-1].split()[1])
+    assert lines[:-1] == [
+        "fits",
+        f"error: resources.cpu={cpus + 1:g}, but Ray on this machine has {cpus:g} CPU{'' if cpus == 1 else 's'}, "
+        f"so no trial could ever start: use --set resources.cpu={cpus:g} or less",
+        "error: resources.gpu=2, but Ray on this machine has no GPU, so no trial could ever start: "
+        "resume it on a Ray cluster that has them (--address)",
+        "passed"]
+    assert ("warning: resources.gpu=1, but no node of the Ray cluster has enough (no GPU): trials wait "
+            "until one joins") in " ".join(done.stderr.split())
+
+
 def test_missing_data_stops_the_sweep_before_any_run_with_the_data_message(tmp_path):
     # The data load while Ray starts (runner._start_ray_while_loading); their error still ends the sweep.
     spec = tmp_path / "missing.yaml"

@@ -180,6 +180,41 @@ def init_ray(address: str | None) -> str:
     return address or "local"
 
 
+def check_a_trial_fits(spec: SweepSpec, address: str | None, resuming: bool = False) -> None:
+    """A trial asking for more CPUs or GPUs than any node of the cluster has waits forever.
+    An embedded Ray never gains a node, so that is an error naming the field; a cluster may (an
+    autoscaler adds nodes on demand), so there it is a warning."""
+    import ray
+
+    wanted = {"CPU": spec.resources.cpu, "GPU": spec.resources.gpu}
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    if any(all(node.get(name, 0) >= amount for name, amount in wanted.items()) for node in nodes):
+        return
+    short = [name for name, amount in wanted.items() if not any(node.get(name, 0) >= amount for node in nodes)]
+    if short:
+        name = short[0]
+        most = max((node.get(name, 0) for node in nodes), default=0)
+        field = f"resources.{name.lower()}={wanted[name]:g}"
+        has = f"{most:g} {name}{'' if most == 1 else 's'}" if most else f"no {name}"
+    else:  # each fits somewhere, never both on one node
+        name, most = "", 0
+        field, has = f"resources.cpu={wanted['CPU']:g} with resources.gpu={wanted['GPU']:g}", "no node with both"
+    if address:
+        from ..console import err
+
+        shortfall = f"{has} at most" if name and most else has
+        err.print(f"[yellow]warning:[/] {field}, but no node of the Ray cluster has enough ({shortfall}):"
+                  " trials wait until one joins (an autoscaler adds nodes on demand)", highlight=False)
+        return
+    if resuming:  # a resumed sweep keeps its spec
+        fix = "resume it on a Ray cluster that has them (--address)"
+    elif name == "GPU" and not most:
+        fix = "use --set resources.gpu=0 to train on the CPU"
+    else:
+        fix = f"use --set resources.{name.lower() or 'cpu'}={most:g} or less" if name else "ask for less"
+    raise ConfigError(f"{field}, but Ray on this machine has {has}, so no trial could ever start: {fix}")
+
+
 def _single_node() -> bool:
     """Reuse trial workers on one machine (saves each trial a process start, ~2 s of a short trial);
     on a cluster give each trial a fresh worker, so that trials spread over the nodes with free resources."""
@@ -234,7 +269,8 @@ def _prepare_tracking_store(uri: str) -> None:
     use_write_ahead_log(uri)
 
 
-def _start_ray_while_loading(spec: SweepSpec, uri: str, address: str | None) -> tuple[str, Task]:
+def _start_ray_while_loading(spec: SweepSpec, uri: str, address: str | None,
+                             resuming: bool = False) -> tuple[str, Task]:
     """(Ray address, the sweep's task): Ray starts (or connects) while another thread imports
     PyTorch, Ray Tune, MLflow and Optuna, loads the data and opens a local tracking database, since
     each takes seconds. A tracking server is checked first, so that an unreachable one starts
@@ -257,6 +293,7 @@ def _start_ray_while_loading(spec: SweepSpec, uri: str, address: str | None) -> 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wcrnn-data") as loader:
         loading = loader.submit(load)
         ray_address = init_ray(address)
+        check_a_trial_fits(spec, address, resuming)
         return ray_address, loading.result()
 
 
@@ -326,7 +363,7 @@ def resume_sweep(name_or_path: str, *, address: str | None = None, storage: str 
     inner, filesystem = storage_filesystem(path)
     if not tune.Tuner.can_restore(inner, storage_filesystem=filesystem):
         raise ConfigError(f"{path}: no Ray Tune state to resume (the sweep never started its first trial?)")
-    _, task = _start_ray_while_loading(spec, uri, address)
+    _, task = _start_ray_while_loading(spec, uri, address, resuming=True)
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
