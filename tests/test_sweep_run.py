@@ -126,17 +126,21 @@ def test_the_report_warm_up_runs_beside_pyplot_drawing_and_leaves_no_figure_open
 
 def test_the_ray_a_sweep_starts_preloads_the_trial_modules_and_retries_its_object_store_quickly(tmp_path):
     """Read back from Ray's GCS what the raylet was started with. ray.init adds the session's own
-    settings to the dict it is given: the next Ray this process starts must not inherit them."""
-    script = ("import json, ray\n"
+    settings to the dict it is given: the next Ray this process starts must not inherit them.
+    Token authentication stays on (Ray's default for a local cluster) without Ray's notice saying so."""
+    script = ("import json, os, ray\n"
               "from ray._private.state import state\n"
               "from wcrnn.sweep.runner import RAY_SYSTEM_CONFIG, init_ray\n"
               "init_ray(None)\n"
+              "print('auth mode', os.environ.get('RAY_AUTH_MODE'))\n"
               "print(json.dumps(state.get_system_config()))\n"
               "ray.shutdown()\n"
               "print(json.dumps(RAY_SYSTEM_CONFIG))\n")
-    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=ENV, capture_output=True, text=True,
-                          timeout=180)
+    unset_auth = {k: v for k, v in ENV.items() if k != "RAY_AUTH_MODE"}  # as on a fresh machine
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=unset_auth, capture_output=True,
+                          text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "auth mode token" in done.stdout and "Token authentication" not in done.stderr
     config, settings_after = (json.loads(line) for line in done.stdout.strip().splitlines()[-2:])
     assert "object_spilling_config" in config and "object_spilling_config" not in settings_after
     assert config["preload_python_modules"] == ["ray.tune", "wcrnn.sweep.trainable"]

@@ -173,6 +173,9 @@ def init_ray(address: str | None) -> str:
         if address:
             ray.init(address=address, **kwargs)
         else:
+            # Ray 2.60 turns token authentication on for every new local cluster and says so on each
+            # start, with how to opt out; for a cluster private to this process that is only noise.
+            logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             # a copy: ray.init adds the session's own settings (its spill folder) to the dict it is given
             ray.init(include_dashboard=False, _system_config=dict(RAY_SYSTEM_CONFIG), **kwargs)
     except ConnectionError as error:
