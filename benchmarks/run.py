@@ -67,13 +67,14 @@ RESIDUALS = {
 
 def best_time(run: Callable[[], object], repeats: int) -> float:
     """Best wall time of `repeats` calls after one warm-up call."""
+    synchronize = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     run()
+    synchronize()  # or the first timed call would also wait for the warm-up's queued GPU work
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         run()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        synchronize()
         times.append(time.perf_counter() - start)
     return min(times)
 
