@@ -80,7 +80,7 @@ def test_quickstart_leaves_a_parent_run_and_one_child_per_trial(quickstart):
     assert "trials 8/8 done" in log and "best val_mse=" in log  # the live progress line
     # in a log (not a terminal) each trial's start and end is a line with the status after it
     assert len(re.findall(r"^started \S+  \[trials \d/8 done · \d running", log, re.MULTILINE)) == 8
-    assert len(re.findall(r"^(finished|stopped|diverged) \S+ after \d epochs: val_mse=\S+  \[trials", log, re.MULTILINE)) == 8
+    assert len(re.findall(r"^(finished|stopped|diverged) \S+ after \d epochs?: val_mse=\S+  \[trials", log, re.MULTILINE)) == 8
 
 
 def test_the_local_tracking_database_is_left_in_write_ahead_log_mode(quickstart):
@@ -319,7 +319,9 @@ def test_a_diverging_trial_is_recorded_as_diverged_and_the_sweep_completes(tmp_p
     spec = small_spec("diverging", search_space={"r": {"distribution": "categorical", "choices": [0.9, 40.0]}},
                       budget={"num_trials": 4, "max_epochs": 2})
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
-    summary = json.loads(sweep(tmp_path, "run", "spec.yaml", "--json").stdout)
+    done = sweep(tmp_path, "run", "spec.yaml", "--json")
+    summary = json.loads(done.stdout)
+    assert re.search(r"^diverged \S+ after 1 epoch: val_mse=", done.stderr, re.MULTILINE), done.stderr[-3000:]
     _, parents, children = runs_of(tmp_path, "diverging")
     status = {float(c.data.params["model.r"]): c.data.tags["wcrnn.status"] for c in children}
     assert len(children) == 4 and parents[0].info.status == "FINISHED"

@@ -80,7 +80,8 @@ class ProgressCallback(Callback):
         self.status[trial.trial_id] = status
         value = result.get(self.metric)
         shown = f"{value:.4g}" if isinstance(value, float) else value
-        self._show(f"{status} {trial} after {result.get('epoch', 0)} epochs: {self.metric}={shown}")
+        epochs = result.get("epoch", 0)
+        self._show(f"{status} {trial} after {epochs} epoch{'' if epochs == 1 else 's'}: {self.metric}={shown}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.status[trial.trial_id] = "failed"
