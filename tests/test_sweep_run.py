@@ -382,7 +382,10 @@ def test_resume_finishes_an_interrupted_sweep_without_rerunning_finished_trials(
         "mlflow.parentRunId": parents[0].info.run_id, "wcrnn.role": "trial", "wcrnn.trial_id": "unrecorded",
         "wcrnn.status": "running"}).info.run_id
 
-    sweep(tmp_path, "resume", "resumable")
+    resumed = sweep(tmp_path, "resume", "resumable")
+    # the progress counts the trials that ended before the resume too, and their best value
+    assert re.search(r"^trials 5/5 done · 0 running · 5 finished · .* best val_mse=", resumed.stderr, re.MULTILINE), \
+        resumed.stderr[-3000:]
 
     client, parents, after = runs_of(tmp_path, "resumable")
     assert parents[0].info.status == "FINISHED"

@@ -32,6 +32,22 @@ class ProgressCallback(Callback):
         state["_console"] = state["_live"] = None
         return state
 
+    def _count_earlier_trials(self, trials) -> None:
+        """Trials that ended before a resume fire no events in it: count them, and their best value,
+        from Tune's record."""
+        for trial in trials:
+            if trial.trial_id in self.status or trial.status not in ("TERMINATED", "ERROR"):
+                continue
+            outcome = "failed" if trial.status == "ERROR" else trial_outcome(trial.last_result, self.max_epochs)
+            self.status[trial.trial_id] = outcome.replace("stopped_early", "stopped")
+            self._consider(trial.metric_analysis.get(self.metric, {}).get(self.mode), trial)
+
+    def _consider(self, value, trial) -> None:
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            better = self.best is None or (value < self.best[0] if self.mode == "min" else value > self.best[0])
+            if better:
+                self.best = (float(value), str(trial))
+
     @property
     def console(self) -> Console:
         if self._console is None:
@@ -61,16 +77,13 @@ class ProgressCallback(Callback):
             self.console.print(event.append(f"  [{self.line()}]"), highlight=False, soft_wrap=True)
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        self._count_earlier_trials(trials)
         self.status[trial.trial_id] = "running"
         self._show(f"started {trial}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.last[trial.trial_id] = result
-        value = result.get(self.metric)
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            better = self.best is None or (value < self.best[0] if self.mode == "min" else value > self.best[0])
-            if better:
-                self.best = (float(value), str(trial))
+        self._consider(result.get(self.metric), trial)
         notice = result.get("checkpoint_notice")
         self._show(Text.assemble(("warning:", "yellow"), f" {trial}: {notice}") if notice else None)
 
@@ -88,6 +101,7 @@ class ProgressCallback(Callback):
         self._show(f"failed {trial}: see {getattr(trial, 'error_file', None) or 'the trial log'}")
 
     def on_experiment_end(self, trials, **info):
+        self._count_earlier_trials(trials)
         if self._live is not None:
             self._live.update(self.line())
             self._live.stop()
