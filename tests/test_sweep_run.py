@@ -289,6 +289,8 @@ def test_report_command_writes_table_and_figures(quickstart):
     # The table as people read it: one line per trial, whole even through a pipe, no library chatter.
     lines = sweep(workdir, "report", "quickstart", "--out", "myreport").stderr.splitlines()
     assert not any("study created" in line for line in lines)
+    figures = next(line for line in lines if line.startswith("figures: "))  # paths stay whole on one line
+    assert figures.count("myreport/") == 6 and figures.endswith("param_importances.png"), figures
     for row in report["table"]:
         line = next(line for line in lines if line.lstrip().startswith(row["trial_id"]))
         shown = line.split()
