@@ -52,7 +52,7 @@ def train(
             shown = {k: v for k, v in metrics.items() if isinstance(v, float) and k in (
                 "train_loss", "val_loss", "val_accuracy", "val_mse", "max_lyapunov", "recurrent_grad_norm", "epoch_time")}
             err.print(f"epoch {metrics['epoch']:>3}  " + "  ".join(f"{k}={v:.4g}" for k, v in shown.items()),
-                      highlight=False)
+                      highlight=False, soft_wrap=True)  # one line per epoch in a log, too
             return False
 
         result = run_training(settings, callback=report, resume_from=resume, checkpoint_dir=checkpoint_dir)

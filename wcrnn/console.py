@@ -11,7 +11,7 @@ from rich.console import Console
 
 from .errors import CheckpointError, ConfigError, ServiceUnavailable, config_error
 
-err = Console(stderr=True, soft_wrap=True)  # a long path or command stays one line to copy; the terminal wraps it
+err = Console(stderr=True)
 
 
 def fail(message: str, code: int = 2):

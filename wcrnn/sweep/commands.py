@@ -67,12 +67,13 @@ def _finish(result, as_json: bool):
             if key in result.best["metrics"]:
                 table.add_row(key, f"{result.best['metrics'][key]:.4g}")
         err.print(table)
-    err.print(f"report: {result.report_dir}   Ray state: {result.path}", highlight=False)
+    # soft_wrap: paths and commands stay whole on one line, to copy; a terminal wraps them itself
+    err.print(f"report: {result.report_dir}   Ray state: {result.path}", highlight=False, soft_wrap=True)
     if result.tracking_uri.startswith("sqlite"):
         err.print(f"MLflow UI: mlflow ui --backend-store-uri {result.tracking_uri}  (then open http://127.0.0.1:5000)",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
     else:
-        err.print(f"MLflow: {result.tracking_uri}/#/experiments/{result.experiment_id}", highlight=False)
+        err.print(f"MLflow: {result.tracking_uri}/#/experiments/{result.experiment_id}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -160,7 +161,7 @@ def report(
     # A file or a pipe has no width to fit: the table goes there whole.
     wide = Console(stderr=True, width=10_000)
     (err if err.is_terminal else Console(stderr=True, width=wide.measure(table).maximum)).print(table)
-    err.print("figures: " + ", ".join(summary["figures"]), highlight=False)
+    err.print("figures: " + ", ".join(summary["figures"]), highlight=False, soft_wrap=True)
 
 
 
@@ -196,9 +197,10 @@ def submit(
     if info.get("warning"):
         err.print(f"[yellow]warning:[/] {info['warning']}", highlight=False)
     err.print(f"submitted sweep as Ray Job {info['job_id']}", highlight=False)
-    err.print(f"  Ray dashboard: {info['dashboard']}", highlight=False)
-    err.print(f"  MLflow:        {info['mlflow_experiment'] or 'the cluster default MLFLOW_TRACKING_URI'}", highlight=False)
-    err.print(f"  follow it:     wcrnn sweep logs {info['job_id']} --follow --address ...", highlight=False)
+    err.print(f"  Ray dashboard: {info['dashboard']}", highlight=False, soft_wrap=True)
+    err.print(f"  MLflow:        {info['mlflow_experiment'] or 'the cluster default MLFLOW_TRACKING_URI'}", highlight=False,
+              soft_wrap=True)
+    err.print(f"  follow it:     wcrnn sweep logs {info['job_id']} --follow --address ...", highlight=False, soft_wrap=True)
 
 
 @app.command()
