@@ -404,6 +404,30 @@ def test_resume_finishes_an_interrupted_sweep_without_rerunning_finished_trials(
         assert sorted(set(steps)) == [1, 2, 3]  # every trial reached every epoch
 
 
+# -- the time budget -----------------------------------------------------------------------------
+
+def test_a_sweep_that_runs_out_of_time_ends_with_its_trials_results_instead_of_as_interrupted(tmp_path):
+    """Tune stops every trial when budget.time_budget_s is spent and returns as after a Ctrl-C; the
+    sweep is still done: the trial it cut short keeps its epochs and is closed as stopped early."""
+    # an epoch takes about 0.3 s here, so the first trial (up to 200 epochs) is cut short mid-run
+    spec = small_spec("out-of-time", budget={"num_trials": 6, "max_epochs": 200, "time_budget_s": 12},
+                      resources={"cpu": 1, "max_concurrent": 1}, task=SLOW_TASK)
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    done = sweep(tmp_path, "run", "spec.yaml", "--json")  # exit 0, not 130
+    assert "interrupted" not in done.stderr and "resume" not in done.stderr
+    client, parents, children = runs_of(tmp_path, "out-of-time")
+    assert parents[0].info.status == "FINISHED" and parents[0].data.tags["wcrnn.status"] == "finished"
+    cut_short = [c for c in children if c.data.tags.get("wcrnn.stopped_by") == "time_budget"]
+    assert len(cut_short) == 1 and len(children) == 1, [c.data.tags for c in children]
+    run = cut_short[0]
+    assert run.info.status == "FINISHED" and run.data.tags["wcrnn.status"] == "stopped_early"
+    epochs = [m.step for m in client.get_metric_history(run.info.run_id, "val_mse")]
+    assert epochs == list(range(1, len(epochs) + 1)) and 1 <= len(epochs) < 200
+    assert json.loads(done.stdout)["counts"] == {"stopped_early": 1}
+    assert re.search(r"^trials 1/6 done · 0 running · 0 finished · 1 stopped early", done.stderr, re.MULTILINE), \
+        done.stderr[-2000:]
+
+
 # -- a trial that raises -------------------------------------------------------------------------
 
 def test_a_trial_that_raises_is_retried_then_recorded_as_failed_and_the_sweep_goes_on(tmp_path):

@@ -55,7 +55,7 @@ def _finish(result, as_json: bool):
     if as_json:
         print_json(result.to_dict())
         return
-    counts = ", ".join(f"{v} {k}" for k, v in sorted(result.counts.items()))
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(result.counts.items())) or "no trial reported an epoch"
     err.print(f"[bold]sweep {result.name}[/]: {counts}", highlight=False)
     if result.best:
         table = Table(title="best trial", show_header=False)

@@ -32,11 +32,11 @@ class ProgressCallback(Callback):
         state["_console"] = state["_live"] = None
         return state
 
-    def _count_earlier_trials(self, trials) -> None:
-        """Trials that ended before a resume fire no events in it: count them, and their best value,
-        from Tune's record."""
+    def _count_ended_trials(self, trials) -> None:
+        """Trials that ended before a resume fire no events in it, nor do those that the time budget
+        stops: count them, and their best value, from Tune's record."""
         for trial in trials:
-            if trial.trial_id in self.status or trial.status not in ("TERMINATED", "ERROR"):
+            if self.status.get(trial.trial_id, "running") != "running" or trial.status not in ("TERMINATED", "ERROR"):
                 continue
             outcome = "failed" if trial.status == "ERROR" else trial_outcome(trial.last_result, self.max_epochs)
             self.status[trial.trial_id] = outcome.replace("stopped_early", "stopped")
@@ -77,7 +77,7 @@ class ProgressCallback(Callback):
             self.console.print(event.append(f"  [{self.line()}]"), highlight=False, soft_wrap=True)
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._count_earlier_trials(trials)
+        self._count_ended_trials(trials)
         self.status[trial.trial_id] = "running"
         self._show(f"started {trial}")
 
@@ -101,7 +101,7 @@ class ProgressCallback(Callback):
         self._show(f"failed {trial}: see {getattr(trial, 'error_file', None) or 'the trial log'}")
 
     def on_experiment_end(self, trials, **info):
-        self._count_earlier_trials(trials)
+        self._count_ended_trials(trials)
         if self._live is not None:
             self._live.update(self.line())
             self._live.stop()

@@ -314,6 +314,7 @@ def run_sweep(spec: SweepSpec, spec_text: str, *, address: str | None = None, tr
     ray_address, task = _start_ray_while_loading(spec, uri, address)
     from ray import tune
 
+    from .budget import TimeBudget
     from .tracking import MLflowTrialCallback, SweepTracker
     artifact_root = None if "://" in uri and not uri.startswith("sqlite") else str(Path("mlartifacts").resolve())
     tracker = SweepTracker(uri, spec)
@@ -333,10 +334,10 @@ def run_sweep(spec: SweepSpec, spec_text: str, *, address: str | None = None, tr
         _trainable(spec, task),
         tune_config=tune.TuneConfig(
             metric=spec.objective.metric, mode=spec.objective.mode, search_alg=_searcher(spec),
-            scheduler=_scheduler(spec), num_samples=spec.budget.num_trials,
-            time_budget_s=spec.budget.time_budget_s, reuse_actors=_single_node()),
+            scheduler=_scheduler(spec), num_samples=spec.budget.num_trials, reuse_actors=_single_node()),
         run_config=tune.RunConfig(
             name=spec.name, storage_path=storage_path, storage_filesystem=filesystem, verbose=0, callbacks=callbacks,
+            stop=TimeBudget(spec.budget.time_budget_s) if spec.budget.time_budget_s else None,
             failure_config=tune.FailureConfig(max_failures=spec.budget.max_failures),
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=spec.checkpoints.num_to_keep, checkpoint_score_attribute=spec.checkpoint_metric,
@@ -407,9 +408,11 @@ def _fit_and_finish(tuner, spec: SweepSpec, metadata: dict, callback: MLflowTria
                     report_dir: str | None) -> SweepResult:
     from mlflow import MlflowClient
 
+    from .budget import TimeBudget
     from .report import finish_parent_run
 
     client = MlflowClient(metadata["tracking_uri"])
+    TimeBudget.ran_out = False
     try:
         results = tuner.fit()  # the tracking callback flushes its writes in on_experiment_end
     except KeyboardInterrupt:
@@ -426,8 +429,10 @@ def _fit_and_finish(tuner, spec: SweepSpec, metadata: dict, callback: MLflowTria
     # After a first Ctrl-C, Tune saves its state and returns normally with trials unfinished. It
     # counts a trial it stopped there as terminated, but its MLflow run was never ended.
     unfinished = max(len(results) - results.num_terminated - results.num_errors, len(_open_trial_runs(client, metadata)))
-    missing = spec.budget.num_trials - len(results) if not spec.budget.time_budget_s else 0
-    if unfinished > 0 or missing > 0:
+    missing = spec.budget.num_trials - len(results)
+    if TimeBudget.ran_out:  # the sweep is done: what the stopped trials trained is their result
+        _close_trials_out_of_time(client, metadata)
+    elif unfinished > 0 or missing > 0:
         _mark_interrupted(client, metadata, callback)
         raise SweepInterrupted(f"sweep {spec.name} interrupted with {unfinished + missing} trials to go; "
                                f"continue it with `wcrnn sweep resume {spec.name}`")
@@ -458,6 +463,14 @@ def _open_trial_runs(client, metadata: dict) -> list:
     from .tracking import trial_runs
 
     return trial_runs(client, metadata["experiment_id"], metadata["parent_run_id"], "attributes.status = 'RUNNING'")
+
+
+def _close_trials_out_of_time(client, metadata: dict) -> None:
+    """Tune stops the trials still running when the time budget runs out without telling callbacks."""
+    for run in _open_trial_runs(client, metadata):
+        client.set_tag(run.info.run_id, "wcrnn.status", "stopped_early")
+        client.set_tag(run.info.run_id, "wcrnn.stopped_by", "time_budget")
+        client.set_terminated(run.info.run_id, "FINISHED")
 
 
 def _mark_interrupted(client, metadata: dict, callback: MLflowTrialCallback | None) -> None:
