@@ -155,9 +155,13 @@ def report(
         # A narrow terminal wraps a value onto a second line rather than cutting its digits off.
         table.add_column(header, overflow="fold", min_width=len("finished") if column == "status" else len(header),
                          no_wrap=column == "trial_id")
+    def cell(column: str, value) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return str(value).replace("_", " ") if column == "status" else str(value)  # "stopped early" wraps at the space
+
     for row in summary["table"][:top]:
-        table.add_row(*[f"{row[c]:.4g}" if isinstance(row.get(c), float) else str(row.get(c, "")).replace("_", " ")
-                        if c == "status" else str(row.get(c, "")) for c in columns])
+        table.add_row(*[cell(column, row.get(column, "")) for column in columns])
     # A file or a pipe has no width to fit: the table goes there whole.
     wide = Console(stderr=True, width=10_000)
     (err if err.is_terminal else Console(stderr=True, width=wide.measure(table).maximum)).print(table)

@@ -211,10 +211,12 @@ def check_a_trial_fits(spec: SweepSpec, address: str | None, resuming: bool = Fa
         return
     if resuming:  # a resumed sweep keeps its spec
         fix = "resume it on a Ray cluster that has them (--address)"
+    elif not name:
+        fix = "ask for less"
     elif name == "GPU" and not most:
         fix = "use --set resources.gpu=0 to train on the CPU"
     else:
-        fix = f"use --set resources.{name.lower() or 'cpu'}={most:g} or less" if name else "ask for less"
+        fix = f"use --set resources.{name.lower()}={most:g} or less"
     raise ConfigError(f"{field}, but Ray on this machine has {has}, so no trial could ever start: {fix}")
 
 
