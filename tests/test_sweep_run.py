@@ -165,7 +165,6 @@ def test_what_a_trial_asks_for_is_checked_against_the_largest_node():
     """One embedded Ray, several requests: an error with the fix on one machine, a warning on a
     cluster (an autoscaler may add the node), the resume wording, and no complaint when a trial fits."""
     script = """
-import os
 from wcrnn.errors import ConfigError
 from wcrnn.sweep.runner import check_a_trial_fits, init_ray
 from wcrnn.sweep.spec import SweepSpec
