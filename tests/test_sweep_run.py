@@ -407,10 +407,11 @@ def test_resume_finishes_an_interrupted_sweep_without_rerunning_finished_trials(
 
 def test_a_sweep_that_runs_out_of_time_ends_with_its_trials_results_instead_of_as_interrupted(tmp_path):
     """Tune stops every trial when budget.time_budget_s is spent and returns as after a Ctrl-C; the
-    sweep is still done: the trial it cut short keeps its epochs and is closed as stopped early."""
+    sweep is still done: the trial it cut short keeps its epochs and spectrum and is closed as stopped early."""
     # an epoch takes about 0.3 s here, so the first trial (up to 200 epochs) is cut short mid-run
     spec = small_spec("out-of-time", budget={"num_trials": 6, "max_epochs": 200, "time_budget_s": 12},
-                      resources={"cpu": 1, "max_concurrent": 1}, task=SLOW_TASK)
+                      resources={"cpu": 1, "max_concurrent": 1}, task=SLOW_TASK,
+                      lyapunov={"every": 1, "at_end": True, "num_sequences": 4})
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     done = sweep(tmp_path, "run", "spec.yaml", "--json")  # exit 0, not 130
     assert "interrupted" not in done.stderr and "resume" not in done.stderr
@@ -422,6 +423,9 @@ def test_a_sweep_that_runs_out_of_time_ends_with_its_trials_results_instead_of_a
     assert run.info.status == "FINISHED" and run.data.tags["wcrnn.status"] == "stopped_early"
     epochs = [m.step for m in client.get_metric_history(run.info.run_id, "val_mse")]
     assert epochs == list(range(1, len(epochs) + 1)) and 1 <= len(epochs) < 200
+    # Tune's callbacks never hear of its end, so its spectrum is drawn from the last one logged
+    lyapunov = {a.path for a in client.list_artifacts(run.info.run_id, "lyapunov")}
+    assert {"lyapunov/spectrum.json", "lyapunov/spectrum.png"} <= lyapunov, lyapunov
     assert json.loads(done.stdout)["counts"] == {"stopped_early": 1}
     assert re.search(r"^trials 1/6 done · 0 running · 0 finished · 1 stopped early", done.stderr, re.MULTILINE), \
         done.stderr[-2000:]

@@ -52,6 +52,8 @@ def _run_sweep_command(action):
 def _finish(result, as_json: bool):
     from rich.table import Table
 
+    from .spec import is_local_database
+
     if as_json:
         print_json(result.to_dict())
         return
@@ -69,7 +71,7 @@ def _finish(result, as_json: bool):
         err.print(table)
     # soft_wrap: paths and commands stay whole on one line, to copy; a terminal wraps them itself
     err.print(f"report: {result.report_dir}   Ray state: {result.path}", highlight=False, soft_wrap=True)
-    if result.tracking_uri.startswith("sqlite"):
+    if is_local_database(result.tracking_uri):
         err.print(f"MLflow UI: mlflow ui --backend-store-uri {result.tracking_uri}  (then open http://127.0.0.1:5000)",
                   highlight=False, soft_wrap=True)
     else:

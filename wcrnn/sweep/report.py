@@ -90,7 +90,7 @@ def finish_parent_run(client, spec: SweepSpec, metadata: dict, report_dir: str |
                          tags=[RunTag("wcrnn.best_trial_id", top.trial_id), RunTag("wcrnn.best_run_id", top.run_id)])
     counts = trials.counts()
     client.log_batch(parent, tags=[RunTag(f"wcrnn.trials_{k}", str(v)) for k, v in counts.items()]
-                     + [RunTag("wcrnn.status", "finished")])
+                     + [RunTag(STATUS_TAG, "finished")])
     client.log_artifacts(parent, str(folder), "report")
     client.set_terminated(parent, "FINISHED")
     return {"counts": counts, "best": best, "report_dir": str(folder), **summary}

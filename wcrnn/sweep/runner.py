@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from ..errors import ConfigError, ServiceUnavailable
-from .spec import SweepSpec, metric_mode
+from .spec import SweepSpec, is_local_database, metric_mode
 
 # Ray Tune, MLflow and Optuna (seconds of imports) are imported where they are used: a sweep
 # starts Ray first and imports them while Ray starts (see _start_ray_while_loading).
@@ -280,7 +280,7 @@ def _start_ray_while_loading(spec: SweepSpec, uri: str, address: str | None,
     PyTorch, Ray Tune, MLflow and Optuna, loads the data and opens a local tracking database, since
     each takes seconds. A tracking server is checked first, so that an unreachable one starts
     nothing; the other errors still stop the sweep before its first trial."""
-    local_store = uri.startswith("sqlite:")
+    local_store = is_local_database(uri)
     if not local_store:
         quiet_libraries()
         _prepare_tracking_store(uri)
@@ -318,7 +318,7 @@ def run_sweep(spec: SweepSpec, spec_text: str, *, address: str | None = None, tr
 
     from .budget import TimeBudget
     from .tracking import MLflowTrialCallback, SweepTracker
-    artifact_root = None if "://" in uri and not uri.startswith("sqlite") else str(Path("mlartifacts").resolve())
+    artifact_root = None if "://" in uri and not is_local_database(uri) else str(Path("mlartifacts").resolve())
     tracker = SweepTracker(uri, spec)
     experiment_id, parent_run_id = tracker.start(spec_text, ray_address, code_version(), artifact_root)
     metadata = {"name": spec.name, "spec": spec.model_dump(mode="json"), "spec_text": spec_text,
@@ -468,22 +468,28 @@ def _open_trial_runs(client, metadata: dict) -> list:
 
 
 def _close_trials_out_of_time(client, metadata: dict) -> None:
-    """Tune stops the trials still running when the time budget runs out without telling callbacks."""
+    """Tune stops the trials still running when the time budget runs out without telling callbacks,
+    so what the tracking callback does when a trial ends (spectrum picture, status) is done here."""
+    from .tracking import STATUS_TAG, plot_logged_spectrum
+
     for run in _open_trial_runs(client, metadata):
-        client.set_tag(run.info.run_id, "wcrnn.status", "stopped_early")
+        plot_logged_spectrum(client, run.info.run_id)
+        client.set_tag(run.info.run_id, STATUS_TAG, "stopped_early")
         client.set_tag(run.info.run_id, "wcrnn.stopped_by", "time_budget")
         client.set_terminated(run.info.run_id, "FINISHED")
 
 
 def _mark_interrupted(client, metadata: dict, callback: MLflowTrialCallback | None) -> None:
     """Leave no run RUNNING: open trials and the parent are closed as KILLED until `resume` reopens them."""
+    from .tracking import STATUS_TAG
+
     if callback is not None:
         callback.close()
     parent = metadata["parent_run_id"]
     for run in _open_trial_runs(client, metadata):
-        client.set_tag(run.info.run_id, "wcrnn.status", "interrupted")
+        client.set_tag(run.info.run_id, STATUS_TAG, "interrupted")
         client.set_terminated(run.info.run_id, "KILLED")
-    client.set_tag(parent, "wcrnn.status", "interrupted")
+    client.set_tag(parent, STATUS_TAG, "interrupted")
     client.set_terminated(parent, "KILLED")
 
 

@@ -190,6 +190,11 @@ class Tracking(_Strict):
         return _no_credentials(uri, "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
 
 
+def is_local_database(tracking_uri: str) -> bool:
+    """An SQLite file on this machine (the embedded default), not a tracking server or a shared database."""
+    return tracking_uri.startswith("sqlite:")
+
+
 class Storage(_Strict):
     path: Optional[str] = Field(None, description="Where Ray keeps trial state (default: ./wcrnn_runs).")
 

@@ -32,7 +32,7 @@ from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from ..errors import ServiceUnavailable
-from .spec import SweepSpec, metric_mode
+from .spec import SweepSpec, is_local_database, metric_mode
 from .trainable import trial_outcome
 
 log = logging.getLogger("wcrnn.sweep")
@@ -117,7 +117,7 @@ def use_write_ahead_log(uri: str) -> None:
     MLflow UI can read the database while a sweep writes to it. A database that
     cannot switch (another process holds it, a read-only file) keeps working as it is.
     """
-    if not uri.startswith("sqlite:"):
+    if not is_local_database(uri):
         return
     import sqlite3
     from contextlib import closing
@@ -132,6 +132,31 @@ def use_write_ahead_log(uri: str) -> None:
             connection.execute("PRAGMA journal_mode=WAL")
     except sqlite3.Error as error:
         log.debug("MLflow database %s stays in its journal mode: %s", path, error)
+
+
+def log_spectrum_plot(client, run_id: str, spectrum: dict) -> float:
+    """Draw a spectrum (as in lyapunov/spectrum.json) into the run's lyapunov/spectrum.png; returns
+    the seconds spent drawing."""
+    from ..plots import plot_lyapunov_spectrum
+
+    with tempfile.TemporaryDirectory() as folder:
+        started = time.monotonic()
+        plot_lyapunov_spectrum(spectrum["exponents"], Path(folder) / "spectrum.png", spectrum["spread"],
+                               spectrum["predicted"], title=f"Lyapunov spectrum, epoch {spectrum['epoch']}")
+        seconds = time.monotonic() - started
+        client.log_artifacts(run_id, folder, "lyapunov")
+    return seconds
+
+
+def plot_logged_spectrum(client, run_id: str) -> None:
+    """The picture of a run's last logged spectrum, for a trial whose end Tune does not report to
+    callbacks (one the time budget stopped), even when the callback is not this process's (resume)."""
+    if "lyapunov/spectrum.json" not in {artifact.path for artifact in client.list_artifacts(run_id, "lyapunov")}:
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        logged = client.download_artifacts(run_id, "lyapunov/spectrum.json", folder)
+        spectrum = json.loads(Path(logged).read_text())
+    log_spectrum_plot(client, run_id, spectrum)
 
 
 def ensure_experiment(client, name: str, artifact_root: str | None) -> str:
@@ -433,16 +458,8 @@ class MLflowTrialCallback(Callback):
 
     def _plot_last_spectrum(self, client, key: str, run_id: str) -> None:
         spectrum = self.last_spectrum.get(key)
-        if spectrum is None:
-            return
-        from ..plots import plot_lyapunov_spectrum
-
-        with tempfile.TemporaryDirectory() as folder:
-            started = time.monotonic()
-            plot_lyapunov_spectrum(spectrum["exponents"], Path(folder) / "spectrum.png", spectrum["spread"],
-                                   spectrum["predicted"], title=f"Lyapunov spectrum, epoch {spectrum['epoch']}")
-            self.rendering_seconds += time.monotonic() - started
-            client.log_artifacts(run_id, folder, "lyapunov")
+        if spectrum is not None:
+            self.rendering_seconds += log_spectrum_plot(client, run_id, spectrum)
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         spec = self.spec
