@@ -131,6 +131,9 @@ def quiet_libraries() -> None:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # A diverged trial reports inf, and Tune's TensorBoard logger then warns "NaN or Inf found in
+    # input tensor." with no trial named; the progress line already says which trial diverged.
+    logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
 
 
 # Ray Tune gives every trial actor a runtime environment: these variables copied from the driver,
