@@ -24,7 +24,7 @@ def test_linear_map_exponents_are_log_moduli_of_eigenvalues(seed):
     torch.manual_seed(seed)
     matrix = torch.randn(8, 8, dtype=torch.float64) / math.sqrt(8)
     assert (torch.linalg.eigvals(matrix).imag.abs() > 1e-6).any(), "want complex pairs in the test"
-    core = LinearRNN(1, 8, radius=1.0).double()
+    core = LinearRNN(1, 8).double()
     core.recurrent_blocks.data[0] = matrix
     core.input_weight.data.zero_()
     spectrum = lyapunov_spectrum(core, torch.zeros(2, 3000, 1, dtype=torch.float64), warmup=300)

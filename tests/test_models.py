@@ -141,6 +141,30 @@ def test_lru_initialisation_follows_the_paper():
     assert float((moduli.detach()**2).mean()) == pytest.approx((0.4**2 + 0.9**2) / 2, abs=0.04)
 
 
+@pytest.mark.parametrize("heads", [1, 8, 32, 64])
+@pytest.mark.parametrize("r_min", [0.0, 0.99])
+def test_linear_rnn_blocks_start_inside_the_unit_circle_however_small(heads, r_min):
+    # As the curse-of-memory code initialises its students: Gaussian blocks with their eigenvalues
+    # moved to moduli in [r_min, 1). A 2x2 Gaussian block alone often starts above 1.
+    core = build_model({"name": "linear", "hidden_size": 64, "heads": heads, "r_min": r_min}, 1, 1, seed=0).core
+    moduli = torch.linalg.eigvals(core.recurrent_matrix().detach().double()).abs()
+    assert r_min - 1e-4 <= float(moduli.min()) and float(moduli.max()) < 1.0
+    blocks = core.recurrent_matrix().detach().reshape(heads, 64 // heads, heads, 64 // heads)
+    off_block = [blocks[i, :, j] for i in range(heads) for j in range(heads) if i != j]
+    assert all(torch.count_nonzero(block) == 0 for block in off_block)
+
+
+def test_a_multi_head_linear_rnn_on_the_papers_long_memory_teacher_starts_finite():
+    # The paper's head-count study (nu0 = 0.99, T = 300, 64 units, up to 32 heads of 2 units) at
+    # initialisation: finite states, of the teacher's order of magnitude, for every head count.
+    x = torch.randn(16, 300, 1, generator=torch.Generator().manual_seed(0))
+    for heads in (1, 2, 4, 8, 16, 32):
+        model = build_model({"name": "linear", "hidden_size": 64, "heads": heads, "r_min": 0.99}, 1, 1, seed=heads)
+        with torch.no_grad():
+            states = model.core(x)
+        assert torch.isfinite(states).all() and float(states.abs().max()) < 1e4, heads
+
+
 def test_same_seed_same_model_from_dict_or_config():
     a = build_model({"name": "wcrnn", "hidden_size": 8, "residual": "heterogeneous", "r_range": [0.8, 1.0]}, 1, 1, seed=3)
     b = build_model(WCRNNConfig(hidden_size=8, residual="heterogeneous", r_range=(0.8, 1.0)), 1, 1, seed=3)
@@ -173,6 +197,8 @@ def test_predicted_exponents_for_linear_residuals_only():
     ({"name": "elman", "init": "weakly_coupled", "residual": "nonlinear"}, "residual"),
     ({"name": "lru", "r_min": 0.9, "r_max": 0.5}, "r_min"),
     ({"name": "linear", "heads": 5, "hidden_size": 64}, "heads"),
+    ({"name": "linear", "r_min": 1.0}, "r_min"),
+    ({"name": "linear", "max_phase": 4.0}, "max_phase"),
     ({"name": "transformer"}, "name"),
 ])
 def test_invalid_combinations_name_the_field(config, field):

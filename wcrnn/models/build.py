@@ -45,7 +45,7 @@ def build_core(config, input_size: int) -> RecurrentCore:
     if config.name == "complex_diagonal":
         return ComplexDiagonalRNN(input_size, n, config.r_min, config.r_max, config.max_phase)
     if config.name == "linear":
-        return LinearRNN(input_size, n, config.heads, config.radius)
+        return LinearRNN(input_size, n, config.heads, config.r_min, config.r_max, config.max_phase)
     raise ValueError(f"model name {config.name!r} is unknown: use one of {', '.join(MODEL_NAMES)}")
 
 

@@ -82,3 +82,9 @@ def check_ring_arguments(r_min: float, r_max: float, max_phase: float) -> None:
         raise ValueError(f"r_min={r_min}, r_max={r_max}: need 0 <= r_min < r_max <= 1")
     if not max_phase > 0:
         raise ValueError(f"max_phase={max_phase} must be > 0")
+
+
+def check_linear_ring_arguments(r_min: float, r_max: float, max_phase: float) -> None:
+    check_ring_arguments(r_min, r_max, max_phase)
+    if max_phase > math.pi:
+        raise ValueError(f"max_phase={max_phase} must be <= π: the phases of a real matrix's eigenvalues lie in [-π, π]")

@@ -12,7 +12,8 @@ from typing import Annotated, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
-from .checks import ResidualKind, check_coupling_arguments, check_residual_arguments, check_ring_arguments
+from .checks import (ResidualKind, check_coupling_arguments, check_linear_ring_arguments, check_residual_arguments,
+                     check_ring_arguments)
 
 
 class _Strict(BaseModel):
@@ -108,11 +109,14 @@ class LinearConfig(_Strict):
     name: Literal["linear"] = "linear"
     hidden_size: int = Field(64, gt=0)
     heads: int = Field(1, gt=0, description="Independent blocks of A; must divide hidden_size.")
-    radius: float = Field(0.9, gt=0, description="Initial spectral radius of each block.")
+    r_min: float = Field(0.0, ge=0, lt=1, description="Smallest initial eigenvalue modulus of each block (the paper's heads study: the teacher's nu0).")
+    r_max: float = Field(1.0, gt=0, le=1, description="Initial eigenvalue moduli stay below this.")
+    max_phase: float = Field(math.pi, gt=0, le=math.pi, description="Initial eigenvalue phases scaled into [-max_phase, max_phase].")
 
     @model_validator(mode="after")
     def _check(self):
         check_coupling_arguments(self.hidden_size, self.heads, 0.0, "tanh")
+        check_linear_ring_arguments(self.r_min, self.r_max, self.max_phase)
         return self
 
 
