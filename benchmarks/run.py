@@ -6,9 +6,9 @@
 What is measured (each against a baseline measured in the same run, on the same machine):
 
 1. Training step (forward + backward, loss on the last state) of every WCRNN residual kind,
-   several head counts, the LRU and the plain autograd loop, against torch.nn.RNN (tanh) at
-   the same N, T and batch; and against a matmul lower bound, 6·B·N²·T flops at the peak
-   matmul rate of this machine.
+   several head counts, the LRU, the dense linear RNN and the plain autograd loop, against
+   torch.nn.RNN (tanh) at the same N, T and batch; and against a matmul lower bound,
+   6·B·N²·T flops at the peak matmul rate of this machine.
 2. The full Lyapunov spectrum (N = 128, T = 784, 32 sequences): time with ons_interval=auto
    and with a QR every step, and accuracy on the linear-residual check (exponents = log r).
 3. Sweep orchestration: wall time of a real sweep (Ray Tune + Optuna + MLflow; 8 trials sized
@@ -118,6 +118,8 @@ def recurrence_rows(hidden_sizes, steps, batch, heads_list, repeats, device, wit
             add("wcrnn", residual, heads, best_time(training_step(core, core.parameters(), inputs), repeats))
         lru = build_core({"name": "lru", "hidden_size": n}, 1).to(device)
         add("lru", "", "", best_time(training_step(lru, lru.parameters(), inputs), repeats))
+        linear = build_core({"name": "linear", "hidden_size": n}, 1).to(device)  # dense: no tanh, one matmul per step
+        add("linear", "", 1, best_time(training_step(linear, linear.parameters(), inputs), repeats))
         if with_reference and n == 128:
             core = build_core({"name": "wcrnn", "hidden_size": n, "gamma": 0.1, **RESIDUALS["rotational"]}, 1).to(device)
             add("wcrnn, plain autograd loop", "rotational", 1,

@@ -29,7 +29,7 @@ def test_smoke_benchmark_measures_every_section_and_writes_json_and_markdown(tmp
     residuals = {row["residual"] for row in rows if row["model"] == "wcrnn"}
     assert residuals == {"homogeneous", "rotational", "heterogeneous", "nonlinear", "none"}
     assert any(row["model"] == "wcrnn" and row["heads"] == 4 for row in rows)
-    assert any(row["model"] == "lru" for row in rows)
+    assert any(row["model"] == "lru" for row in rows) and any(row["model"] == "linear" for row in rows)
     for row in rows:
         assert row["seconds"] > 0
         assert math.isclose(row["ratio_to_nn_rnn"], row["seconds"] / baseline[0]["seconds"])

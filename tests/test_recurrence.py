@@ -1,4 +1,4 @@
-"""The fast WCRNN recurrence (hand-written backward pass) against the plain autograd loop."""
+"""The fast recurrences (hand-written backward passes) against the plain autograd loops."""
 
 import pytest
 import torch
@@ -117,3 +117,21 @@ def test_gradcheck_of_the_complex_diagonal_recurrence():
     complex_input = lambda *shape: torch.randn(*shape, generator=generator, dtype=torch.complex128).requires_grad_()  # noqa: E731
     eigenvalues = (0.6 * torch.randn(3, generator=generator, dtype=torch.complex128)).requires_grad_()
     assert torch.autograd.gradcheck(diagonal_linear_recurrence, (eigenvalues, complex_input(7, 2, 3), complex_input(2, 3)))
+
+
+@pytest.mark.parametrize("heads", [1, 4, 16])
+def test_linear_rnn_fast_path_equals_the_reference_loop(heads):
+    # the gradient reaches each head's block through block_diag, and nothing off the blocks
+    torch.manual_seed(0)
+    core = build_core({"name": "linear", "hidden_size": 16, "heads": heads, "r_min": 0.5}, 3).double()
+    assert_fast_path_equals_reference(core, state_size=16)
+
+
+def test_gradcheck_of_the_dense_linear_recurrence():
+    from wcrnn.models.recurrence import dense_linear_recurrence
+
+    generator = torch.Generator().manual_seed(7)
+    real_input = lambda *shape, scale=1.0: (scale * torch.randn(*shape, generator=generator, dtype=torch.float64)
+                                            ).requires_grad_()  # noqa: E731
+    transition = real_input(3, 3, scale=0.5)
+    assert torch.autograd.gradcheck(dense_linear_recurrence, (transition, real_input(7, 2, 3), real_input(2, 3)))

@@ -24,6 +24,7 @@ from torch.nn import functional as F
 
 from .base import RecurrentCore
 from .checks import check_coupling_arguments, check_linear_ring_arguments
+from .recurrence import dense_linear_recurrence
 
 
 def recurrent_blocks_init(heads: int, block: int, r_min: float, r_max: float, max_phase: float) -> torch.Tensor:
@@ -60,6 +61,14 @@ class LinearRNN(RecurrentCore):
         return F.linear(state, self.recurrent_matrix()) + F.linear(x_t, self.input_weight)
 
     def forward(self, x, state=None):
+        """All states (B, T, N), by the fast recurrence (same results as reference_forward)."""
+        if state is None:
+            state = self.initial_state(x.shape[0], x.device, x.dtype)
+        driven = F.linear(x.transpose(0, 1), self.input_weight).contiguous()  # time-major
+        return dense_linear_recurrence(self.recurrent_matrix(), driven, state).transpose(0, 1)
+
+    def reference_forward(self, x, state=None):
+        """The plain loop over time with autograd at every step: what the fast path is tested against."""
         if state is None:
             state = self.initial_state(x.shape[0], x.device, x.dtype)
         driven = F.linear(x, self.input_weight)

@@ -16,6 +16,8 @@ is one large matmul or reduction after the loop. `WCRNN.reference_forward` is th
 autograd loop this is tested against, values and gradients.
 
 The residual must be element-wise (`ResidualCoefficients`); every residual in residuals.py is.
+The linear recurrences at the end (complex diagonal: LRU and complex diagonal RNN; dense: the
+linear RNN) follow the same scheme.
 """
 
 from __future__ import annotations
@@ -171,3 +173,40 @@ class _DiagonalLinearRecurrence(torch.autograd.Function):
         grad_eigenvalues = (total * states[:-1].conj()).sum((0, 1)) if ctx.needs_input_grad[0] else None
         grad_initial = total[0] * conjugate if ctx.needs_input_grad[2] else None
         return grad_eigenvalues, total, grad_initial
+
+
+def dense_linear_recurrence(transition: torch.Tensor, drive: torch.Tensor,
+                            initial_state: torch.Tensor) -> torch.Tensor:
+    """h_t = A h_{t-1} + u_t for a real matrix A (N, N), drive u (T, B, N) and h_0 (B, N); returns h_1..h_T.
+
+    The dense and multi-head linear RNN's recurrence (a block-diagonal A is passed whole), by the
+    same scheme: one addmm per step forward, g_t = ∂L/∂h_t + Aᵀ g_{t+1} backward, and
+    ∂L/∂A = Σ_t g_t h_{t-1}ᵀ as one matmul after the loop.
+    """
+    return _DenseLinearRecurrence.apply(transition, drive, initial_state)
+
+
+class _DenseLinearRecurrence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, transition, drive, initial_state):
+        reuse_freed_memory()
+        steps = drive.shape[0]
+        transition_t = transition.t().contiguous()  # row-vector states: h_t = h_{t-1} Aᵀ + u_t
+        states = drive.new_empty(steps + 1, *drive.shape[1:])  # states[0] = h_0
+        states[0] = initial_state
+        for t in range(steps):
+            torch.addmm(drive[t], states[t], transition_t, out=states[t + 1])
+        ctx.save_for_backward(transition, states)
+        return states[1:]
+
+    @staticmethod
+    def backward(ctx, grad_states):
+        transition, states = ctx.saved_tensors
+        size = states.shape[-1]
+        total = torch.empty_like(states[1:])  # g_t = ∂L/∂h_t, every path
+        total[-1] = grad_states[-1]
+        for t in range(total.shape[0] - 1, 0, -1):
+            torch.addmm(grad_states[t - 1], total[t], transition, out=total[t - 1])
+        grad_transition = total.reshape(-1, size).t() @ states[:-1].reshape(-1, size) if ctx.needs_input_grad[0] else None
+        grad_initial = total[0] @ transition if ctx.needs_input_grad[2] else None
+        return grad_transition, total, grad_initial
