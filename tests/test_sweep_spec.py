@@ -92,6 +92,26 @@ def test_malformed_specs_are_rejected_naming_the_field(case):
     assert field in str(info.value)
 
 
+@pytest.mark.parametrize("change, line", [
+    (lambda d: d["budget"].update(max_epoch=3),
+     "budget.max_epoch: unknown key: did you mean 'max_epochs'? the keys here are num_trials, max_epochs, "),
+    (lambda d: d["model"].update(hiden_size=32), "model.hiden_size: unknown key: did you mean 'hidden_size'?"),
+    (lambda d: d["task"].update(lenght=30), "task.lenght: unknown key: did you mean 'length'?"),
+    (lambda d: d["training"].update(optimiser="sgd"), "training.optimiser: unknown key: did you mean 'optimizer'?"),
+    (lambda d: d["lyapunov"].update(sequences=4), "lyapunov.sequences: unknown key: did you mean 'num_sequences'?"),
+    (lambda d: d["search_space"]["r"].update(hihg=1.0),
+     "search_space.r.hihg: unknown key: did you mean 'high'? the keys here are distribution, low, high"),
+])
+def test_an_unknown_key_gets_the_keys_allowed_in_its_place(change, line):
+    # The JSON schema leaves task, model and training open (they depend on the chosen model and
+    # task), so the error itself says what is allowed there, and a fixed model key is reported
+    # as such, not as a problem of some sampled combination.
+    with pytest.raises(ConfigError) as info:
+        validate_spec(mutated(change))
+    assert line in str(info.value), str(info.value)
+    assert "search_space (sampling" not in str(info.value)
+
+
 def test_cli_rejects_bad_specs_with_exit_2_and_starts_nothing(tmp_path):
     files = {}
     for name in ("unknown key", "impossible heads", "missing objective", "low above high", "wrong type"):

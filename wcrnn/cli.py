@@ -185,13 +185,13 @@ def spectrum(
     def action():
         from .config import apply_overrides
         from .dynamics import power_spectrum
-        from .tasks import TaskConfigAdapter, build_task
+        from .tasks import TaskConfig, TaskConfigAdapter, build_task
 
         data = apply_overrides({"task": {"name": task, **({"source": source} if source else {})}}, overrides)
         try:
             task_config = TaskConfigAdapter.validate_python(data["task"])
         except ValidationError as error:
-            raise config_error(error, "task") from None
+            raise config_error(error, "task", TaskConfig) from None
         task_data = build_task(task_config)
         result = power_spectrum(task_data.train.inputs(sequences))
         if plot is not None:

@@ -171,4 +171,4 @@ def validate_run_config(data: dict) -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as error:
-        raise config_error(error) from None
+        raise config_error(error, validated=RunConfig) from None

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import re
+import typing
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 
 class ConfigError(ValueError):
@@ -45,14 +47,51 @@ def _location(loc: tuple, prefix: str) -> str:
     return ".".join(p for p in (prefix, path) if p)
 
 
-def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
-    """Turn a pydantic error into lines 'field.path: what is wrong (got X)'."""
+def _config_classes(annotation) -> list[type[BaseModel]]:
+    """The pydantic models an annotation can hold: itself, or those inside Optional, unions, lists, dicts."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for argument in typing.get_args(annotation) for model in _config_classes(argument)]
+
+
+def _tagged(model: type[BaseModel], tag) -> bool:
+    """Is `tag` the value that picks `model` out of a tagged union (its `name` or `distribution`)?"""
+    fields = (model.model_fields[key] for key in ("name", "distribution") if key in model.model_fields)
+    return any(typing.get_origin(field.annotation) is typing.Literal and tag in typing.get_args(field.annotation)
+               for field in fields)
+
+
+def _keys_around(validated, loc: tuple) -> list[str]:
+    """The keys allowed beside an unknown key at `loc` in data validated as `validated` (a pydantic
+    model or a tagged union of them); empty when the path does not lead to exactly one model."""
+    candidates = _config_classes(validated)
+    for step in loc[:-1]:
+        tagged = [model for model in candidates if _tagged(model, step)]
+        inside = [inner for model in candidates if step in model.model_fields
+                  for inner in _config_classes(model.model_fields[step].annotation)]
+        # neither a tag nor a field: a list index or a dict key, still among the same models
+        candidates = tagged or inside or candidates
+    return list(candidates[0].model_fields) if len(candidates) == 1 else []
+
+
+def unknown_key_hint(key: str, known: list[str]) -> str:
+    """What to say about an unknown key, given the keys allowed in its place."""
+    if not known:
+        return "remove it or fix its spelling"
+    close = difflib.get_close_matches(str(key), known, n=1)
+    suggestion = f"did you mean {close[0]!r}? " if close else ""
+    return f"{suggestion}the keys here are {', '.join(known)}"
+
+
+def describe_validation_error(error: ValidationError, prefix: str = "", validated=None) -> str:
+    """Turn a pydantic error into lines 'field.path: what is wrong (got X)'. `validated` (the model
+    or tagged union the data was validated as) lets an unknown key's line list the keys allowed there."""
     lines = []
     for item in error.errors(include_url=False):
         where = _location(item["loc"], prefix)
         kind, message = item["type"], item["msg"]
         if kind == "extra_forbidden":
-            message = "unknown key: remove it or fix its spelling (`wcrnn sweep schema` lists the keys)"
+            message = f"unknown key: {unknown_key_hint(item['loc'][-1], _keys_around(validated, item['loc']))}"
         elif kind == "missing":
             message = "required field is missing"
         elif kind == "union_tag_invalid":
@@ -70,5 +109,5 @@ def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
     return "\n".join(lines)
 
 
-def config_error(error: ValidationError, prefix: str = "") -> ConfigError:
-    return ConfigError(describe_validation_error(error, prefix))
+def config_error(error: ValidationError, prefix: str = "", validated=None) -> ConfigError:
+    return ConfigError(describe_validation_error(error, prefix, validated))

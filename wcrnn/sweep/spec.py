@@ -32,7 +32,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from ..config import RunConfig, TrainingConfig, read_mapping, set_path
-from ..errors import ConfigError, describe_validation_error
+from ..errors import ConfigError, describe_validation_error, unknown_key_hint
 from ..models.config import ComplexDiagonalConfig, ElmanConfig, GRUConfig, LinearConfig, LRUConfig, LSTMConfig, WCRNNConfig
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
@@ -384,19 +384,30 @@ def check_sweep(spec: "SweepSpec") -> list[str]:
     return _check_combinations(spec, ordered)
 
 
+def _unknown_keys(section: dict, model_class: type[BaseModel]) -> list[tuple[str, str]]:
+    known = list(model_class.model_fields)
+    return [(key, unknown_key_hint(key, known)) for key in section if key not in known]
+
+
 def _check_fixed_sections(spec: "SweepSpec") -> list[str]:
     """Task and training sections are checked on their own, so their errors carry their own path."""
-    from ..tasks import TaskConfigAdapter
+    from ..tasks import TaskConfig, TaskConfigAdapter
 
     base = spec.base_run_config()
     problems = []
-    if _scalar(base["model"].get("name", "wcrnn")) not in _MODEL_CLASSES:
+    model_class = _MODEL_CLASSES.get(_scalar(base["model"].get("name", "wcrnn")))
+    if model_class is None:
         problems.append(f"model.name: unknown model {base['model']['name']!r}: use one of {', '.join(_MODEL_CLASSES)}")
-    for section, validate in (("task", TaskConfigAdapter.validate_python), ("training", TrainingConfig.model_validate)):
+    else:
+        # Whether the fixed fields fit together can depend on the sampled ones; unknown keys cannot.
+        problems += [f"model.{key}: unknown key: {hint}" for key, hint in
+                     _unknown_keys(base["model"], model_class)]
+    for section, validate, validated in (("task", TaskConfigAdapter.validate_python, TaskConfig),
+                                         ("training", TrainingConfig.model_validate, TrainingConfig)):
         try:
             validate(base[section])
         except ValidationError as error:
-            problems += describe_validation_error(error, section).splitlines()
+            problems += describe_validation_error(error, section, validated).splitlines()
     return problems
 
 
@@ -430,7 +441,7 @@ def _check_combinations(spec: "SweepSpec", parameters: dict[str, Distribution]) 
             RunConfig.model_validate(data)
         except ValidationError as error:
             context = ", ".join(f"{p.split('.')[-1]}={v!r}" for p, v in assignment.items())
-            for line in describe_validation_error(error).splitlines():
+            for line in describe_validation_error(error, validated=RunConfig).splitlines():
                 if line not in seen:
                     seen.add(line)
                     problems.append(f"search_space (sampling {context}): {line}" if assignment else line)
@@ -462,7 +473,7 @@ def validate_spec(data: dict, source: str = "spec") -> SweepSpec:
     try:
         return SweepSpec.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(describe_validation_error(error)) from None
+        raise ConfigError(describe_validation_error(error, validated=SweepSpec)) from None
     except RecursionError:
         raise ConfigError(f"{source}: nested too deeply to be a sweep spec") from None
 
