@@ -282,6 +282,19 @@ def test_checkpoint_loads_with_weights_only_and_rebuilds_the_model(checkpoint_fi
     model.load_state_dict(state["model"])  # strict: every key matches
 
 
+def test_a_linear_rnn_checkpoint_from_before_r_min_still_loads(tmp_path):
+    # model.radius set the linear RNN's initialisation until r_min/r_max replaced it
+    config = run_config({"name": "adding", "length": 10, "num_train": 64, "num_val": 32, "num_test": 32},
+                        {"name": "linear", "hidden_size": 8, "heads": 2}, epochs=1, batch_size=32)
+    train(config, checkpoint_dir=tmp_path)
+    raw = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)
+    raw["config"]["model"]["radius"] = 0.9
+    torch.save(raw, tmp_path / CHECKPOINT_FILE)
+    state = load_checkpoint(tmp_path)
+    settings = validate_run_config(state["config"])
+    build_for_task(settings, build_task(settings.task)).load_state_dict(state["model"])
+
+
 class Payload:
     """Unpickling this calls open(marker, 'w'): a checkpoint must never get that far."""
 

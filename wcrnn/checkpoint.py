@@ -80,4 +80,13 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
                               f"{type(error).__name__}: {_first_line(error)})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT or "model" not in payload:
         raise CheckpointError(f"{path}: not a wcrnn checkpoint (format {CHECKPOINT_FORMAT} with a model state)")
+    _drop_retired_fields(payload.get("config"))
     return payload
+
+
+def _drop_retired_fields(config) -> None:
+    """Linear RNN checkpoints written before 2026-11-24 carry `model.radius`, an initialisation
+    setting since replaced by r_min/r_max: the saved weights define the model, so it is dropped."""
+    model = config.get("model") if isinstance(config, dict) else None
+    if isinstance(model, dict) and model.get("name") == "linear":
+        model.pop("radius", None)
