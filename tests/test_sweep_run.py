@@ -271,6 +271,20 @@ def test_checkpoint_artifact_reproduces_the_logged_validation_metric(quickstart,
     assert logged[epoch] == min(logged.values())  # the best epoch's checkpoint is the one kept
 
 
+def test_learning_curves_go_on_a_log_axis_when_one_trial_is_orders_of_magnitude_off(tmp_path, monkeypatch):
+    # A trial whose loss is 1000x the others' flattened every other curve into one line at zero.
+    import wcrnn.plots as plots
+
+    scales = []
+    monkeypatch.setattr(plots, "save_figure", lambda figure, path: scales.append(figure.axes[0].get_yscale()))
+    near = {"a": [(1, 280.0), (2, 150.0)], "b": [(1, 270.0), (2, 90.0)]}
+    plots.plot_curves(near, tmp_path / "near.png", ylabel="val_loss")
+    plots.plot_curves({**near, "off": [(1, 2e5), (2, 2e3)]}, tmp_path / "off.png", ylabel="val_loss")
+    plots.plot_curves({"acc": [(1, 0.005), (2, 0.9)], "neg": [(1, -1.0), (2, 1.0)]}, tmp_path / "signs.png",
+                      ylabel="val_accuracy")  # a value <= 0 has no place on a log axis
+    assert scales == ["linear", "log", "linear"]
+
+
 def test_report_command_writes_table_and_figures(quickstart):
     workdir, _, _ = quickstart
     done = sweep(workdir, "report", "quickstart", "--json", "--out", "myreport")

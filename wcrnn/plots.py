@@ -66,13 +66,23 @@ def plot_power_spectrum(frequencies: Sequence[float], power: Sequence[float], pa
     return save_figure(figure, path)
 
 
+def value_scale(values: Sequence[float], decades: float = 2.0) -> str:
+    """'log' for positive values spread over more than `decades` orders of magnitude, else 'linear':
+    one trial whose loss is 1000× the others' would flatten every other curve on a linear axis."""
+    finite = [v for v in values if math.isfinite(v)]
+    if finite and min(finite) > 0 and max(finite) > 10**decades * min(finite):
+        return "log"
+    return "linear"
+
+
 def plot_curves(curves: dict[str, Sequence[tuple[float, float]]], path, ylabel: str, title: str = "") -> Path:
     """One line per named curve of (step, value) points, e.g. each trial's validation metric per epoch."""
     figure, axis = plt.subplots(figsize=(6, 4))
     for name, points in curves.items():
         steps, values = zip(*points)
         axis.plot(steps, values, marker="o", ms=2, lw=1, label=name if len(curves) <= 12 else None)
-    axis.set(xlabel="epoch", ylabel=ylabel, title=title)
+    axis.set(xlabel="epoch", ylabel=ylabel, title=title,
+             yscale=value_scale([value for points in curves.values() for _, value in points]))
     if len(curves) <= 12:
         axis.legend(fontsize=6)
     return save_figure(figure, path)

@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..plots import plot_curves, save_figure
+from ..plots import plot_curves, save_figure, value_scale
 from .spec import SweepSpec
 from .tracking import LAST_EPOCH_TAG, STATUS_TAG, TRIAL_TAG, trial_runs
 
@@ -149,7 +149,8 @@ def _objective_vs_parameters(trials: SweepTrials, folder: Path) -> Path | None:
             labels = sorted({str(x) for x, _ in points})
             axis.scatter([labels.index(str(x)) for x, _ in points], [y for _, y in points], s=14)
             axis.set_xticks(range(len(labels)), labels)
-        axis.set(xlabel=path.split(".")[-1], ylabel=trials.spec.objective.metric)
+        axis.set(xlabel=path.split(".")[-1], ylabel=trials.spec.objective.metric,
+                 yscale=value_scale([t.objective for t in usable]))
     return save_figure(figure, folder / "objective_vs_parameters.png")
 
 
@@ -163,7 +164,7 @@ def _lyapunov_vs_objective(trials: SweepTrials, folder: Path) -> Path | None:
     axis.scatter(*zip(*points), s=14)
     axis.axvline(0, color="grey", lw=0.8, ls="--")
     axis.set(xlabel="largest Lyapunov exponent", ylabel=trials.spec.objective.metric,
-             title="Memory (λ_max) vs objective")
+             title="Memory (λ_max) vs objective", yscale=value_scale([y for _, y in points]))
     return save_figure(figure, folder / "lyapunov_vs_objective.png")
 
 
