@@ -309,6 +309,18 @@ def test_report_command_writes_table_and_figures(quickstart):
         shown = line.split()
         assert f"{row['objective']:.4g}" in shown and shown[-1] == str(row["epochs"]), line
 
+    # An 80-column terminal: three significant digits, every value whole on its trial's line.
+    narrow = subprocess.run([*WCRNN, "sweep", "report", "quickstart", "--out", "myreport"], cwd=workdir,
+                            env={**ENV, "COLUMNS": "80", "TTY_COMPATIBLE": "1"}, capture_output=True, text=True,
+                            timeout=300)
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", narrow.stderr).splitlines()  # without the terminal's styles
+    assert max(len(line) for line in lines if not line.startswith("figures: ")) <= 80, narrow.stderr
+    assert next(line for line in lines if line.lstrip().startswith("trial")).split()[-1] == "epochs"
+    for row in report["table"]:
+        shown = next(line for line in lines if line.lstrip().startswith(row["trial_id"])).split()
+        values = [row["objective"], *(row[path] for path in ("training.lr", "model.r", "model.gamma"))]
+        assert all(f"{value:.3g}" in shown for value in values) and shown[-1] == str(row["epochs"]), shown
+
 
 # -- a diverging trial -------------------------------------------------------------------------
 

@@ -148,24 +148,32 @@ def report(
     if as_json:
         print_json({"name": spec.name, "objective": spec.objective.model_dump(), "report_dir": str(folder), **summary})
         return
-    table = Table(title=f"{spec.name}: best trials by {spec.objective.metric} ({spec.objective.mode})",
-                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     headers = {"trial_id": "trial", "objective": spec.objective.metric, "max_lyapunov": "λ max"}
     columns = ["trial_id", "status", "objective", *spec.parameters, "max_lyapunov", "epochs"]
-    for column in columns:
-        header = headers.get(column, column.split(".")[-1])
-        # A narrow terminal wraps a value onto a second line rather than cutting its digits off.
-        table.add_column(header, overflow="fold", min_width=len("finished") if column == "status" else len(header),
-                         no_wrap=column == "trial_id")
-    def cell(column: str, value) -> str:
+
+    def cell(column: str, value, digits: int) -> str:
         if isinstance(value, float):
-            return f"{value:.4g}"
+            return f"{value:.{digits}g}"
         return str(value).replace("_", " ") if column == "status" else str(value)  # "stopped early" wraps at the space
 
-    for row in summary["table"][:top]:
-        table.add_row(*[cell(column, row.get(column, "")) for column in columns])
-    # A file or a pipe has no width to fit: the table goes there whole.
+    def best_trials_table(digits: int, padding: int) -> Table:
+        table = Table(title=f"{spec.name}: best trials by {spec.objective.metric} ({spec.objective.mode})",
+                      box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, padding=(0, padding))
+        for column in columns:
+            header = headers.get(column, column.split(".")[-1])
+            # A narrow terminal wraps a value onto a second line rather than cutting its digits off.
+            table.add_column(header, overflow="fold", min_width=len("finished") if column == "status" else len(header),
+                             no_wrap=column == "trial_id")
+        for row in summary["table"][:top]:
+            table.add_row(*[cell(column, row.get(column, ""), digits) for column in columns])
+        return table
+
+    # A file or a pipe has no width to fit: the table goes there whole. A terminal too narrow for it
+    # gets three significant digits (every digit is in best_trials.csv) and one space between columns.
     wide = Console(stderr=True, width=10_000)
+    table = best_trials_table(4, padding=1)
+    if err.is_terminal and wide.measure(table).maximum > err.width:
+        table = best_trials_table(3, padding=0)
     (err if err.is_terminal else Console(stderr=True, width=wide.measure(table).maximum)).print(table)
     err.print("figures: " + ", ".join(summary["figures"]), highlight=False, soft_wrap=True)
 
