@@ -31,6 +31,18 @@ def test_linear_map_exponents_are_log_moduli_of_eigenvalues(seed):
     assert spectrum.exponents == pytest.approx(linear_map_exponents(matrix), abs=1e-3)
 
 
+@pytest.mark.parametrize("model", [{"name": "lru", "r_min": 0.5, "r_max": 0.99},
+                                   {"name": "complex_diagonal", "r_min": 0.5, "r_max": 0.99},
+                                   {"name": "linear", "heads": 1, "r_min": 0.5}, {"name": "linear", "heads": 4, "r_min": 0.5}])
+def test_linear_rnns_spectrum_equals_their_predicted_exponents(model):
+    # Their state map is the same matrix at every step, whatever the input: the theory is exact.
+    network = build_model({**model, "hidden_size": 8}, 1, 1, seed=0).double()
+    predicted = predicted_exponents(network)
+    assert predicted is not None and len(predicted) == network.core.state_size
+    spectrum = lyapunov_spectrum(network.core, random_inputs(sequences=2, steps=3000), warmup=300)
+    assert spectrum.exponents == pytest.approx(predicted, abs=2e-3)
+
+
 @pytest.mark.parametrize("r", [0.9, 0.99, 1.0])
 def test_homogeneous_wcrnn_exponents_are_log_r(r):
     core = wcrnn_core(residual="homogeneous", r=r, gamma=1e-3)

@@ -172,7 +172,7 @@ def test_same_seed_same_model_from_dict_or_config():
         assert torch.equal(p, q), name
 
 
-def test_predicted_exponents_for_linear_residuals_only():
+def test_predicted_exponents_only_where_a_theory_applies():
     model = build_model({"name": "wcrnn", "hidden_size": 6, "residual": "homogeneous", "r": 0.5}, 1, 1)
     assert predicted_exponents(model) == pytest.approx([math.log(0.5)] * 6)
     assert predicted_exponents(build_model({"name": "gru", "hidden_size": 4}, 1, 1)) is None

@@ -109,7 +109,7 @@ def lyapunov(
     plot: Optional[Path] = typer.Option(None, help="Write a PNG of the spectrum (with theory) here."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: exponents, spread, predicted, max_exponent, …"),
 ):
-    """Lyapunov spectrum (QR method) of a model driven by a task's inputs, with the theory for linear residuals."""
+    """Lyapunov spectrum (QR method) of a model driven by a task's inputs, with the theory for linear maps."""
 
     def action():
         from .checkpoint import load_checkpoint
@@ -164,7 +164,7 @@ def lyapunov(
             err.print(f"max exponent {spectrum.max_exponent:.5f}, mean {spectrum.mean_exponent:.5f} "
                       f"over {spectrum.steps} steps × {inputs.shape[0]} sequences", highlight=False)
             if predicted is not None:
-                err.print(f"theory (log|eig R|): max {predicted[0]:.5f}; max deviation "
+                err.print(f"theory (log|eig|): max {predicted[0]:.5f}; max deviation "
                           f"{result['max_deviation_from_theory']:.2e}", highlight=False)
             typer.echo(" ".join(f"{v:.5f}" for v in spectrum.exponents))
 

@@ -47,7 +47,7 @@ def plot_lyapunov_spectrum(exponents: Sequence[float], path, spread: Sequence[fl
     index = range(1, len(exponents) + 1)
     axis.errorbar(index, exponents, yerr=spread, fmt="o", ms=3, label="measured (QR method)")
     if predicted is not None:
-        axis.plot(range(1, len(predicted) + 1), predicted, "-", color="C3", label="theory: log|eig(R)|")
+        axis.plot(range(1, len(predicted) + 1), predicted, "-", color="C3", label="theory: log|eig| of the linear map")
     axis.axhline(0, color="grey", lw=0.8, ls="--")
     axis.set(xlabel="index i", ylabel="λ_i (per step)", title=title)
     axis.legend()

@@ -1,5 +1,5 @@
 """Build any model from its config: `build_model` (core + readout), `build_core`, and the theory
-for a built WCRNN's Lyapunov exponents."""
+for a built model's Lyapunov exponents where there is one."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from .config import MODEL_NAMES, ModelConfig, ModelConfigAdapter
 from .elman import ElmanRNN
 from .gated import GRU, LSTM
 from .linear import LinearRNN
-from .lru import LRU
+from .lru import LRU, DiagonalComplexCore
 from .residuals import build_residual
 from .wcrnn import WCRNN
 
@@ -61,6 +61,16 @@ def build_model(config, input_size: int, output_size: int, readout: str = "last"
 
 
 def predicted_exponents(model: SequenceModel) -> list[float] | None:
-    """Theory for WCRNNs with a linear residual: sorted log|eig(R)| (the γ → 0 limit)."""
-    residual = getattr(model.core, "residual", None)
-    return residual.predicted_exponents() if residual is not None else None
+    """Theory for the Lyapunov spectrum: sorted log|eig| of the state's linear map. Exact for the
+    linear RNNs (LRU, complex diagonal, linear), whose map is the same at every step; for a WCRNN
+    with a linear residual, log|eig(R)|, the γ → 0 limit; None where no theory applies."""
+    core = model.core
+    if isinstance(core, DiagonalComplexCore):  # the state is [Re h, Im h]: each λ comes with conj(λ)
+        eigenvalues = core.eigenvalues().detach().repeat(2)
+    elif isinstance(core, LinearRNN):
+        eigenvalues = torch.linalg.eigvals(core.recurrent_matrix().detach().double().cpu())
+    else:
+        residual = getattr(core, "residual", None)
+        return residual.predicted_exponents() if residual is not None else None
+    moduli = eigenvalues.abs().double().cpu().clamp_min(1e-300)
+    return sorted(torch.log(moduli).tolist(), reverse=True)
