@@ -384,13 +384,9 @@ def check_sweep(spec: "SweepSpec") -> list[str]:
     return _check_combinations(spec, ordered)
 
 
-def _unknown_keys(section: dict, model_class: type[BaseModel]) -> list[tuple[str, str]]:
-    known = list(model_class.model_fields)
-    return [(key, unknown_key_hint(key, known)) for key in section if key not in known]
-
-
 def _check_fixed_sections(spec: "SweepSpec") -> list[str]:
-    """Task and training sections are checked on their own, so their errors carry their own path."""
+    """Task and training sections, and the model section's keys, are checked on their own, so their
+    errors carry their own path."""
     from ..tasks import TaskConfig, TaskConfigAdapter
 
     base = spec.base_run_config()
@@ -400,8 +396,9 @@ def _check_fixed_sections(spec: "SweepSpec") -> list[str]:
         problems.append(f"model.name: unknown model {base['model']['name']!r}: use one of {', '.join(_MODEL_CLASSES)}")
     else:
         # Whether the fixed fields fit together can depend on the sampled ones; unknown keys cannot.
-        problems += [f"model.{key}: unknown key: {hint}" for key, hint in
-                     _unknown_keys(base["model"], model_class)]
+        known = list(model_class.model_fields)
+        problems += [f"model.{key}: unknown key: {unknown_key_hint(key, known)}"
+                     for key in base["model"] if key not in known]
     for section, validate, validated in (("task", TaskConfigAdapter.validate_python, TaskConfig),
                                          ("training", TrainingConfig.model_validate, TrainingConfig)):
         try:
