@@ -285,6 +285,32 @@ def test_learning_curves_go_on_a_log_axis_when_one_trial_is_orders_of_magnitude_
     assert scales == ["linear", "log", "linear"]
 
 
+def test_objective_vs_parameters_places_choices_evenly_and_labels_log_axes_plainly(tmp_path, monkeypatch):
+    # Matplotlib's defaults put heads 1 and 4 on top of each other beside 32, and labelled every
+    # minor tick of a log axis spanning under a decade as a×10^b, the labels running into each other.
+    import wcrnn.sweep.report as report
+    from wcrnn.sweep.spec import load_spec
+
+    spec, _ = load_spec(ROOT / "sweeps" / "quickstart.yaml")
+    sampled = [{"training.lr": lr, "model.heads": heads} for lr, heads in ((0.0011, 4), (0.0052, 32), (0.019, 4))]
+    trials = report.SweepTrials(spec, [report.TrialRecord(f"run{i}", f"t{i}", "finished", params, {}, 0.2 + i, 4)
+                                       for i, params in enumerate(sampled)])
+    figures = []
+    monkeypatch.setattr(report, "save_figure", lambda figure, path: figures.append(figure))
+    report._objective_vs_parameters(trials, tmp_path)
+    axes = {axis.get_xlabel(): axis for axis in figures[0].axes}
+    figures[0].canvas.draw()
+    heads = axes["heads"]
+    assert [label.get_text() for label in heads.get_xticklabels()] == ["1", "4", "32"]
+    assert sorted(heads.collections[0].get_offsets()[:, 0].tolist()) == [1, 1, 2]  # positions of 4, 4, 32
+    lr = axes["lr"]
+    assert lr.get_xscale() == "log"
+    low, high = lr.get_xlim()
+    shown = [label.get_text() for tick, label in zip(lr.get_xticks(), lr.get_xticklabels()) if low <= tick <= high]
+    assert shown == ["0.001", "0.002", "0.005", "0.01", "0.02"], shown
+    assert all(not label.get_text() for label in lr.get_xticklabels(minor=True))
+
+
 def test_report_command_writes_table_and_figures(quickstart):
     workdir, _, _ = quickstart
     done = sweep(workdir, "report", "quickstart", "--json", "--out", "myreport")

@@ -138,17 +138,30 @@ def _objective_vs_parameters(trials: SweepTrials, folder: Path) -> Path | None:
     usable = trials.ranked()
     if not parameters or not usable:
         return None
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     figure, axes = plt.subplots(1, len(parameters), figsize=(3.2 * len(parameters), 3), squeeze=False)
     for axis, path in zip(axes[0], parameters):
         points = [(t.params[path], t.objective) for t in usable if path in t.params]
-        if points and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x, _ in points):
-            axis.scatter(*zip(*points), s=14)
-            if trials.spec.parameters[path].distribution == "loguniform":
-                axis.set_xscale("log")
-        elif points:
-            labels = sorted({str(x) for x, _ in points})
+        distribution = trials.spec.parameters[path]
+        if points and distribution.distribution == "categorical":
+            # one evenly spaced place per choice, in the spec's order (heads 1, 4, 32 side by side),
+            # an untried choice included
+            labels = [str(choice) for choice in distribution.choices]
             axis.scatter([labels.index(str(x)) for x, _ in points], [y for _, y in points], s=14)
             axis.set_xticks(range(len(labels)), labels)
+        elif points:
+            axis.scatter(*zip(*points), s=14)
+            if distribution.distribution == "loguniform":
+                # ticks at 1, 2 and 5 per decade (each decade, over wider ranges), written as plain
+                # numbers: matplotlib labels every minor tick of a range under a decade as a×10^b,
+                # and the labels run into each other
+                values = [x for x, _ in points]
+                decades = math.log10(max(values) / min(values))
+                axis.set_xscale("log")
+                axis.xaxis.set_major_locator(LogLocator(subs=(1.0,) if decades > 1.5 else (1.0, 2.0, 5.0)))
+                axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+                axis.xaxis.set_minor_formatter(NullFormatter())
         axis.set(xlabel=path.split(".")[-1], ylabel=trials.spec.objective.metric,
                  yscale=value_scale([t.objective for t in usable]))
     return save_figure(figure, folder / "objective_vs_parameters.png")
