@@ -195,17 +195,23 @@ def calibrated_num_train(trial_seconds: float, epochs: int, length: int, hidden_
         fields = sweep_spec(1, epochs, size, length, hidden_size)
         return sum(pool.map(probe_trial_seconds, [fields] * concurrency)) / concurrency
 
-    def size_for(points: list[tuple[int, float]]) -> int:
-        (small, small_seconds), (large, large_seconds) = points
-        per_sequence = max(large_seconds - small_seconds, 1e-9) / max(large - small, 1)
-        fixed = max(small_seconds - per_sequence * small, 0.0)
-        return max(batch, round((trial_seconds - fixed) / per_sequence / batch) * batch)
-
     with ProcessPoolExecutor(concurrency, mp_context=get_context("spawn")) as pool:
         timed(pool, probes[0])  # warm-up: each process's first trial pays one-off costs
         points = [(size, timed(pool, size)) for size in probes]
-        estimate = size_for(points)
-        return size_for([points[1], (estimate, timed(pool, estimate))])
+        estimate = size_for_seconds(points, trial_seconds, batch)
+        if estimate == probes[1]:
+            return estimate
+        return size_for_seconds([points[1], (estimate, timed(pool, estimate))], trial_seconds, batch)
+
+
+def size_for_seconds(points: list[tuple[int, float]], trial_seconds: float, batch: int) -> int:
+    """The size at `trial_seconds` on the line through two (size, seconds) points, in whole batches.
+
+    The points may come in either order: on a slow machine the size found lies below the larger probe."""
+    (small, small_seconds), (large, large_seconds) = sorted(points)
+    per_sequence = max(large_seconds - small_seconds, 1e-9) / max(large - small, 1)
+    fixed = max(small_seconds - per_sequence * small, 0.0)
+    return max(batch, round((trial_seconds - fixed) / per_sequence / batch) * batch)
 
 
 EMBEDDED, RUNNING = "embedded (started by the sweep)", "running (ray start --head, kept for many sweeps)"

@@ -76,3 +76,21 @@ def test_sweep_trials_are_sized_by_timing_whole_trials_run_as_the_sweep_runs_the
     batch = benchmark.sweep_spec(1, 1, 64, 20, 8)["training"]["batch_size"]
     assert all(size % batch == 0 and size >= batch for size in sizes), sizes
     assert 2 * sizes[0] < sizes[1], f"4× the time should need about 4× the sequences, got {sizes}"
+
+
+def test_the_trial_size_is_read_off_the_line_whichever_side_of_the_larger_probe_it_lies(monkeypatch):
+    """On a slow machine a trial of the larger probe already takes longer than the target, so the
+    redrawn line runs from the size found up to that probe. Read off it backwards, the line gave
+    the smallest size (one batch, trials of 3 s instead of 20 s on 2026-12-01's build machine)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import run as benchmark
+
+    batch = 64
+    # 2 s fixed + 5 ms per sequence: 20 s at 3600 sequences
+    def seconds(size):
+        return 2.0 + 0.005 * size
+
+    for probes in [(1024, 4096), (1024, 2048)]:  # the target below, and above, the larger probe
+        first = benchmark.size_for_seconds([(size, seconds(size)) for size in probes], 20.0, batch)
+        again = benchmark.size_for_seconds([(probes[1], seconds(probes[1])), (first, seconds(first))], 20.0, batch)
+        assert abs(first - 3600) <= batch and abs(again - 3600) <= batch, (probes, first, again)
