@@ -123,6 +123,46 @@ def test_the_report_warm_up_runs_beside_pyplot_drawing_and_leaves_no_figure_open
     assert drawn.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plt.get_fignums() == open_before
 
+RACING_IMPORT = """
+import importlib.abc, sys, threading, time
+
+class SlowPyplot(importlib.abc.MetaPathFinder):
+    # pyplot takes a second longer to import, so that the other thread finds it half imported
+    def find_spec(self, name, path, target=None):
+        if name != "matplotlib.pyplot":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        run = spec.loader.exec_module
+        def exec_module(module):
+            half_imported.set()
+            time.sleep(1)
+            run(module)
+        spec.loader.exec_module = exec_module
+        return spec
+
+import importlib.util
+half_imported = threading.Event()
+sys.meta_path.insert(0, SlowPyplot())
+report_warm_up = threading.Thread(target=lambda: __import__("optuna.visualization.matplotlib"))
+report_warm_up.start()
+assert half_imported.wait(60)
+import wcrnn.plots
+report_warm_up.join()
+import matplotlib
+print(matplotlib.get_backend())
+"""
+
+
+def test_plots_import_while_another_thread_is_still_importing_pyplot():
+    """A sweep's report warm-up thread imports Optuna's plots, and with them pyplot, while other
+    threads may import wcrnn.plots: `make bench` failed at its first sweep's report with
+    'partially initialized module matplotlib.pyplot has no attribute switch_backend'."""
+    completed = subprocess.run([sys.executable, "-c", RACING_IMPORT], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.split()[-1].lower() == "agg"
+
+
 
 def test_the_ray_a_sweep_starts_preloads_the_trial_modules_and_retries_its_object_store_quickly(tmp_path):
     """Read back from Ray's GCS what the raylet was started with. ray.init adds the session's own

@@ -11,10 +11,12 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
+import matplotlib.pyplot as plt
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+# Agg after the import: matplotlib.use("Agg") before it calls switch_backend on whatever pyplot
+# sys.modules holds, which fails while another thread is still importing it (a sweep imports
+# Optuna's plots in its report warm-up thread).
+plt.switch_backend("Agg")
 
 
 def save_figure(figure, path) -> Path:
