@@ -123,6 +123,7 @@ def test_the_report_warm_up_runs_beside_pyplot_drawing_and_leaves_no_figure_open
     assert drawn.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plt.get_fignums() == open_before
 
+
 RACING_IMPORT = """
 import importlib.abc, sys, threading, time
 
@@ -161,7 +162,6 @@ def test_plots_import_while_another_thread_is_still_importing_pyplot():
     completed = subprocess.run([sys.executable, "-c", RACING_IMPORT], capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert completed.stdout.split()[-1].lower() == "agg"
-
 
 
 def test_the_ray_a_sweep_starts_preloads_the_trial_modules_and_retries_its_object_store_quickly(tmp_path):
