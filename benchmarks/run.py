@@ -22,8 +22,12 @@ What is measured (each against a baseline measured in the same run, on the same 
    (The smoke run checks this on a logical GPU when there is no real one: Ray schedules it,
    the trials train on the CPU.)
 
+5. Denormal floats: the training step of models whose gradients reach them (a forgetting WCRNN,
+   the LRU, nn.RNN) with denormals flushed to zero, as wcrnn's training does, and kept.
+
 Timings are the best of a few repeats after a warm-up; ratios, not seconds, are the result.
-The allocator setting wcrnn uses (wcrnn/memory.py) is applied first, so torch.nn.RNN gets it too.
+The allocator setting and the denormal flushing wcrnn trains with (wcrnn/memory.py,
+wcrnn/denormals.py) are applied first, so torch.nn.RNN gets them too.
 """
 
 from __future__ import annotations
@@ -124,6 +128,32 @@ def recurrence_rows(hidden_sizes, steps, batch, heads_list, repeats, device, wit
             core = build_core({"name": "wcrnn", "hidden_size": n, "gamma": 0.1, **RESIDUALS["rotational"]}, 1).to(device)
             add("wcrnn, plain autograd loop", "rotational", 1,
                 best_time(training_step(core.reference_forward, core.parameters(), inputs), 1))
+    return rows
+
+
+def denormal_rows(hidden_size, steps, batch, repeats) -> list[dict]:
+    """The training step with denormals flushed (how the benchmark runs) and kept (PyTorch's default)."""
+    inputs = torch.randn(batch, steps, 1)
+    baseline = torch.nn.RNN(1, hidden_size, batch_first=True)
+    cases = [("torch.nn.RNN (tanh)", "", lambda x: baseline(x)[0], baseline.parameters())]
+    for residual in ("homogeneous", "rotational"):
+        for r in (0.8, 0.99):
+            core = build_core({"name": "wcrnn", "hidden_size": hidden_size, "gamma": 0.1,
+                               **RESIDUALS[residual], "r": r}, 1)
+            cases.append(("wcrnn", f"{residual}, r = {r}", core, core.parameters()))
+    lru = build_core({"name": "lru", "hidden_size": hidden_size}, 1)
+    cases.append(("lru", "", lru, lru.parameters()))
+    rows = []
+    for model, residual, forward, parameters in cases:
+        step = training_step(forward, parameters, inputs)
+        flushed = best_time(step, repeats)
+        torch.set_flush_denormal(False)
+        try:
+            kept = best_time(step, repeats)
+        finally:
+            torch.set_flush_denormal(True)
+        rows.append({"hidden_size": hidden_size, "steps": steps, "batch": batch, "model": model, "residual": residual,
+                     "flushed_seconds": flushed, "kept_seconds": kept, "kept_vs_flushed": kept / flushed})
     return rows
 
 
@@ -361,6 +391,16 @@ def markdown(results: dict) -> str:
             lines.append(f"| {row['device']} | {row['hidden_size']} | {row['model']} | {row['residual']} | {row['heads']} "
                          f"| {row['seconds']:.3f} | {row['ratio_to_nn_rnn']:.2f} | {row['ratio_to_matmul_bound']:.1f} |")
         lines.append("")
+    if results.get("denormals"):
+        first = results["denormals"][0]
+        lines += [f"**Denormal floats**: the training step (CPU, N = {first['hidden_size']}, T = {first['steps']}, "
+                  f"batch {first['batch']}) with denormals flushed to zero, as wcrnn trains and as every row above "
+                  "was timed, and kept (PyTorch's default). A forgetting network's gradients reach them.", "",
+                  "| model | residual | flushed s | kept s | kept / flushed |", "|---|---|---|---|---|"]
+        for row in results["denormals"]:
+            lines.append(f"| {row['model']} | {row['residual']} | {row['flushed_seconds']:.3f} | {row['kept_seconds']:.3f} "
+                         f"| {row['kept_vs_flushed']:.2f} |")
+        lines.append("")
     if results.get("lyapunov"):
         first = results["lyapunov"][0]
         lines += [f"**Lyapunov spectrum**, full ({first['hidden_size']} exponents), T = {first['steps']}, "
@@ -422,14 +462,15 @@ app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
 def main(
     smoke: bool = typer.Option(False, help="Tiny sizes: checks the benchmark works, measures nothing meaningful."),
     output: Path = typer.Option(RESULTS, help="Folder for benchmark.json and benchmark.md."),
-    only: Optional[str] = typer.Option(None, help="Comma-separated sections: recurrence, lyapunov, sweep, gpu."),
+    only: Optional[str] = typer.Option(None, help="Comma-separated sections: recurrence, denormals, lyapunov, sweep, gpu."),
 ):
     """Run the benchmarks and write benchmark.json and benchmark.md."""
     reuse_freed_memory()
-    sections = set((only or "recurrence,lyapunov,sweep,gpu").split(","))
-    unknown = sections - {"recurrence", "lyapunov", "sweep", "gpu"}
+    torch.set_flush_denormal(True)  # as wcrnn.train does, for every model timed here
+    sections = set((only or "recurrence,denormals,lyapunov,sweep,gpu").split(","))
+    unknown = sections - {"recurrence", "denormals", "lyapunov", "sweep", "gpu"}
     if unknown:
-        raise typer.BadParameter(f"unknown section(s) {sorted(unknown)}: use recurrence, lyapunov, sweep, gpu",
+        raise typer.BadParameter(f"unknown section(s) {sorted(unknown)}: use recurrence, denormals, lyapunov, sweep, gpu",
                                  param_hint="--only")
     command = "make bench" if not smoke and only is None else "python benchmarks/run.py" + (" --smoke" if smoke else "") + (f" --only {only}" if only else "")
     results = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "command": command, "smoke": smoke,
@@ -443,6 +484,9 @@ def main(
                 results["recurrence"] += recurrence_rows([16], 50, 8, [1, 4], 1, device, with_reference=False)
             else:
                 results["recurrence"] += recurrence_rows([64, 128, 256], 784, 64, [1, 4, 16], 3, device, with_reference=True)
+    if "denormals" in sections:
+        print("denormal floats ...", flush=True)
+        results["denormals"] = denormal_rows(16, 100, 8, 1) if smoke else denormal_rows(128, 784, 64, 3)
     if "lyapunov" in sections:
         print("Lyapunov spectrum ...", flush=True)
         results["lyapunov"] = lyapunov_rows(16, 100, 4, 1) if smoke else lyapunov_rows(128, 784, 32, 2)

@@ -34,6 +34,14 @@ def test_smoke_benchmark_measures_every_section_and_writes_json_and_markdown(tmp
         assert row["seconds"] > 0
         assert math.isclose(row["ratio_to_nn_rnn"], row["seconds"] / baseline[0]["seconds"])
 
+    # denormals flushed and kept, for nn.RNN, forgetting and remembering WCRNNs and the LRU
+    denormals = results["denormals"]
+    assert {row["model"] for row in denormals} == {"torch.nn.RNN (tanh)", "wcrnn", "lru"}
+    assert any("r = 0.8" in row["residual"] for row in denormals)
+    for row in denormals:
+        assert row["flushed_seconds"] > 0 and row["kept_seconds"] > 0
+        assert math.isclose(row["kept_vs_flushed"], row["kept_seconds"] / row["flushed_seconds"])
+
     for row in results["lyapunov"]:
         assert row["max_error_vs_log_r"] < 0.01, row
     every_step = [row for row in results["lyapunov"] if row["ons_interval"] == 1]
@@ -62,6 +70,7 @@ def test_smoke_benchmark_measures_every_section_and_writes_json_and_markdown(tmp
 
     table = (tmp_path / "benchmark.md").read_text()
     assert "× nn.RNN" in table and "Lyapunov spectrum" in table and "Sweep orchestration" in table
+    assert "Denormal floats" in table
     assert "Trials per GPU" in table
     assert results["date"] in table
 

@@ -9,6 +9,9 @@ infinite loss ends the run with status "diverged" instead of raising.
 
 Batches come from a generator seeded by (seed, epoch), and the RNG state is part of every
 checkpoint, so a resumed run continues exactly as the uninterrupted one would.
+
+Denormal floats are flushed to zero while a run trains: a forgetting recurrence's gradients
+reach them, and they slow a CPU several times over (wcrnn/denormals.py).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 
 from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from .config import RunConfig, validate_run_config
+from .denormals import denormals_flushed
 from .dynamics import gradient_norms, lyapunov_spectrum
 from .models import SequenceModel, build_model, predicted_exponents
 from .tasks import Task, build_task
@@ -105,6 +109,7 @@ def measure_lyapunov(model, task: Task, config: RunConfig, device) -> dict:
             "lyapunov_predicted": predicted[: len(spectrum.exponents)] if predicted is not None else None}
 
 
+@denormals_flushed()
 def train(config: RunConfig | dict, *, callback: EpochCallback | None = None,
           resume_from: str | Path | None = None, task: Task | None = None,
           checkpoint_dir: str | Path | None = None) -> TrainResult:
