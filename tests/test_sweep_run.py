@@ -124,13 +124,15 @@ def test_the_report_warm_up_runs_beside_pyplot_drawing_and_leaves_no_figure_open
     assert plt.get_fignums() == open_before
 
 
-RACING_IMPORT = """
-import importlib.abc, sys, threading, time
+def slow_import(module: str) -> str:
+    """Script lines after which `module` takes a second longer to import, setting `half_imported` as
+    it starts, so that other threads find it half imported."""
+    return f"""
+import importlib.abc, importlib.util, sys, threading, time
 
-class SlowPyplot(importlib.abc.MetaPathFinder):
-    # pyplot takes a second longer to import, so that the other thread finds it half imported
+class SlowImport(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
-        if name != "matplotlib.pyplot":
+        if name != {module!r}:
             return None
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(name)
@@ -142,9 +144,12 @@ class SlowPyplot(importlib.abc.MetaPathFinder):
         spec.loader.exec_module = exec_module
         return spec
 
-import importlib.util
 half_imported = threading.Event()
-sys.meta_path.insert(0, SlowPyplot())
+sys.meta_path.insert(0, SlowImport())
+"""
+
+
+RACING_IMPORT = slow_import("matplotlib.pyplot") + """
 report_warm_up = threading.Thread(target=lambda: __import__("optuna.visualization.matplotlib"))
 report_warm_up.start()
 assert half_imported.wait(60)
@@ -162,6 +167,37 @@ def test_plots_import_while_another_thread_is_still_importing_pyplot():
     completed = subprocess.run([sys.executable, "-c", RACING_IMPORT], capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert completed.stdout.split()[-1].lower() == "agg"
+
+
+LOADING_BESIDE_THE_WARM_UP = """
+import mlflow, torch  # imported before the sweep, as in a notebook or in benchmarks/run.py
+""" + slow_import("optuna.trial") + """
+from wcrnn.sweep import SweepSpec, runner
+runner.init_ray = lambda address: "local"  # Ray's own start is not what this checks
+runner.check_a_trial_fits = lambda *args: None
+warm_up = runner._prepare_report
+def warm_up_once_optuna_is_being_imported():  # the order in which the failure was seen
+    assert half_imported.wait(60)
+    warm_up()
+runner._prepare_report = warm_up_once_optuna_is_being_imported
+spec = SweepSpec.model_validate(%r)
+started = runner._start_ray_while_loading(spec, "sqlite:///" + sys.argv[1] + "/mlflow.db", None)
+for thread in threading.enumerate():
+    if thread is not threading.main_thread():
+        thread.join()
+print(type(started[1]).__name__, "optuna.importance" in sys.modules, "optuna.visualization.matplotlib" in sys.modules)
+"""
+
+
+def test_the_data_loads_and_the_report_warms_up_when_the_caller_has_imported_mlflow_already(tmp_path):
+    """The sweep imports Optuna while Ray starts, once for the search and once for the report. In two
+    threads at once that failed: 'cannot import name TrialState from partially initialized module
+    optuna.trial', which ended the sweep (and silently skipped the warm-up)."""
+    script = LOADING_BESIDE_THE_WARM_UP % (small_spec("loading"),)
+    completed = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
+                               timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.split()[-3:] == ["Task", "True", "True"]
 
 
 def test_the_ray_a_sweep_starts_preloads_the_trial_modules_and_retries_its_object_store_quickly(tmp_path):

@@ -16,7 +16,7 @@ import logging
 import os
 import subprocess
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -278,11 +278,16 @@ def _prepare_tracking_store(uri: str) -> None:
 
 
 def _start_ray_while_loading(spec: SweepSpec, uri: str, address: str | None,
-                             resuming: bool = False) -> tuple[str, Task]:
-    """(Ray address, the sweep's task): Ray starts (or connects) while another thread imports
-    PyTorch, Ray Tune, MLflow and Optuna, loads the data and opens a local tracking database, since
-    each takes seconds. A tracking server is checked first, so that an unreachable one starts
-    nothing; the other errors still stop the sweep before its first trial."""
+                             resuming: bool = False) -> tuple[str, Task, Future]:
+    """(Ray address, the sweep's task, the report's warm-up): Ray starts (or connects) while another
+    thread imports PyTorch, Ray Tune, MLflow and Optuna, loads the data and opens a local tracking
+    database, since each takes seconds, and then imports what the final report needs.
+
+    One thread does both, in that order: two threads importing the same package at once can each
+    be handed the other's half-initialised modules (seen: "cannot import name 'TrialState' from
+    partially initialized module 'optuna.trial'" when the caller had imported MLflow already).
+    A tracking server is checked first, so that an unreachable one starts nothing; the other
+    errors still stop the sweep before its first trial."""
     local_store = is_local_database(uri)
     if not local_store:
         quiet_libraries()
@@ -297,12 +302,22 @@ def _start_ray_while_loading(spec: SweepSpec, uri: str, address: str | None,
             _prepare_tracking_store(uri)
         return build_task(spec.task)
 
-    threading.Thread(target=_prepare_report, name="wcrnn-report-warm-up", daemon=True).start()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wcrnn-data") as loader:
-        loading = loader.submit(load)
+    loading, report_ready = Future(), Future()
+
+    def in_background() -> None:
+        for future, work in ((loading, load), (report_ready, _prepare_report)):
+            try:
+                future.set_result(work())
+            except BaseException as error:  # raised in the main thread by .result()
+                future.set_exception(error)
+
+    threading.Thread(target=in_background, name="wcrnn-loader", daemon=True).start()
+    try:
         ray_address = init_ray(address)
         check_a_trial_fits(spec, address, resuming)
-        return ray_address, loading.result()
+    finally:
+        wait([loading])  # it may be creating the local MLflow database: an error here must not cut that short
+    return ray_address, loading.result(), report_ready
 
 
 def run_sweep(spec: SweepSpec, spec_text: str, *, address: str | None = None, tracking_uri: str | None = None,
@@ -316,7 +331,7 @@ def run_sweep(spec: SweepSpec, spec_text: str, *, address: str | None = None, tr
     if ("://" in path or filesystem is not None or Path(path).exists()) and _holds_tune_state(path, filesystem):
         raise ConfigError(f"name: a sweep called {spec.name!r} already exists in {root}; "
                           f"continue it with `wcrnn sweep resume {spec.name}` or choose another name or --storage")
-    ray_address, task = _start_ray_while_loading(spec, uri, address)
+    ray_address, task, report_ready = _start_ray_while_loading(spec, uri, address)
     from ray import tune
 
     from .budget import TimeBudget
@@ -348,7 +363,7 @@ def run_sweep(spec: SweepSpec, spec_text: str, *, address: str | None = None, tr
                 num_to_keep=spec.checkpoints.num_to_keep, checkpoint_score_attribute=spec.checkpoint_metric,
                 checkpoint_score_order=metric_mode(spec.checkpoint_metric))),
     )
-    return _fit_and_finish(tuner, spec, metadata, callback, report_dir)
+    return _fit_and_finish(tuner, spec, metadata, callback, report_dir, report_ready)
 
 
 def _holds_tune_state(path: str, filesystem) -> bool:
@@ -372,7 +387,7 @@ def resume_sweep(name_or_path: str, *, address: str | None = None, storage: str 
     inner, filesystem = storage_filesystem(path)
     if not tune.Tuner.can_restore(inner, storage_filesystem=filesystem):
         raise ConfigError(f"{path}: no Ray Tune state to resume (the sweep never started its first trial?)")
-    _, task = _start_ray_while_loading(spec, uri, address, resuming=True)
+    _, task, report_ready = _start_ray_while_loading(spec, uri, address, resuming=True)
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
@@ -380,7 +395,7 @@ def resume_sweep(name_or_path: str, *, address: str | None = None, storage: str 
     client.update_run(metadata["parent_run_id"], status="RUNNING")
     tuner = tune.Tuner.restore(inner, trainable=_trainable(spec, task), resume_unfinished=True,
                                resume_errored=True, storage_filesystem=filesystem)
-    return _fit_and_finish(tuner, spec, metadata, None, report_dir)
+    return _fit_and_finish(tuner, spec, metadata, None, report_dir, report_ready)
 
 
 DISCARDED = "discarded"
@@ -410,7 +425,7 @@ class SweepInterrupted(RuntimeError):
 
 
 def _fit_and_finish(tuner, spec: SweepSpec, metadata: dict, callback: MLflowTrialCallback | None,
-                    report_dir: str | None) -> SweepResult:
+                    report_dir: str | None, report_ready: Future) -> SweepResult:
     from mlflow import MlflowClient
 
     from .budget import TimeBudget
@@ -441,6 +456,7 @@ def _fit_and_finish(tuner, spec: SweepSpec, metadata: dict, callback: MLflowTria
         _mark_interrupted(client, metadata, callback)
         raise SweepInterrupted(f"sweep {spec.name} interrupted with {unfinished + missing} trials to go; "
                                f"continue it with `wcrnn sweep resume {spec.name}`")
+    report_ready.result()  # a short sweep can end while the warm-up still imports the report's libraries
     summary = finish_parent_run(client, spec, metadata, report_dir)
     trial_seconds = sum(float(result.metrics.get("time_total_s", 0.0)) for result in results)
     return SweepResult(spec.name, metadata["path"], metadata["tracking_uri"], metadata["experiment_id"],
