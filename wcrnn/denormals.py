@@ -3,11 +3,11 @@
 Backpropagation through time multiplies the gradient by the recurrent Jacobian once per step, so
 over hundreds of steps it falls below float32's smallest normal number (1.2e-38) whenever the
 network forgets: a WCRNN with r = 0.8 on 784 steps, an LRU, torch.nn.RNN with its default
-initialisation. x86 CPUs compute with such denormal numbers in microcode, many times slower.
-Measured on 2 Intel Xeon cores at N = 128, T = 784, batch 64: a WCRNN training step at r = 0.8
-took 1.08 s with denormals and 0.18 s without; nn.RNN 0.38 s and 0.18 s. Flushing them to zero
-(what PyTorch's CPU performance guide advises) changes only values below 1.2e-38 (2.2e-308 in
-float64), which are lost next to any normal-sized gradient term anyway.
+initialisation. x86 CPUs compute with such denormal numbers in microcode, many times slower:
+`make bench`'s "Denormal floats" table (README, Speed) had a WCRNN training step at r = 0.8
+take 5.1-5.5x as long with them on 2 Intel Xeon cores (N = 128, T = 784, batch 64), nn.RNN
+1.7x. Flushing them to zero changes only values below 1.2e-38 (2.2e-308 in float64), which are
+lost next to any normal-sized gradient term anyway.
 
 The setting belongs to the calling thread, which runs a CPU model's forward and backward passes.
 """
