@@ -310,9 +310,10 @@ def sweep_row(spec_fields: dict, address: str | None = None, logical_gpus: int |
 @contextmanager
 def running_local_ray(cpus: int):
     """A local Ray head started once and kept for many sweeps, as the README's Speed section suggests
-    (`ray start --head` with the trials' modules preloaded), with Ray's default token authentication,
-    like the embedded Ray. Its own port and temp dir; its processes are stopped afterwards."""
-    from wcrnn.sweep.runner import TRIAL_MODULES
+    (`ray start --head` with the trials' modules preloaded and idle workers kept), with the embedded
+    Ray's settings and Ray's default token authentication. Its own port and temp dir; its processes
+    are stopped afterwards."""
+    from wcrnn.sweep.runner import RAY_SYSTEM_CONFIG
 
     folder = tempfile.mkdtemp(prefix="wcrnn-bench-ray-", dir="/tmp")  # Ray's socket paths must stay short
     with socket.socket() as probe:
@@ -322,7 +323,7 @@ def running_local_ray(cpus: int):
         started = subprocess.run(
             [str(Path(sys.executable).with_name("ray")), "start", "--head", "--node-ip-address", "127.0.0.1",
              "--port", str(port), "--num-cpus", str(cpus), "--include-dashboard=false", "--temp-dir", folder,
-             "--disable-usage-stats", "--system-config", json.dumps({"preload_python_modules": list(TRIAL_MODULES)})],
+             "--disable-usage-stats", "--system-config", json.dumps(RAY_SYSTEM_CONFIG)],
             capture_output=True, text=True, timeout=180)
         if started.returncode != 0:
             raise RuntimeError(f"ray start failed: {started.stderr[-2000:]}")

@@ -224,6 +224,64 @@ def test_the_ray_a_sweep_starts_preloads_the_trial_modules_and_retries_its_objec
     assert retry_ms <= 100 and retry_ms * attempts >= 10_000  # Ray's default patience: 10 tries 1 s apart
 
 
+PRELOADED_WORKERS_TAKE_THE_TRIALS = """
+import json, os, time
+import ray
+from ray.util.placement_group import placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from wcrnn.sweep.runner import init_ray
+
+def process_table():  # pid -> (parent pid, CPU ticks, command line), from /proc
+    table = {}
+    for name in os.listdir("/proc"):
+        try:
+            stat = open(f"/proc/{name}/stat").read().rsplit(")", 1)[1].split()
+            table[int(name)] = int(stat[1]), int(stat[11]) + int(stat[12]), open(f"/proc/{name}/cmdline").read()
+        except (ValueError, OSError):
+            continue
+    return table
+
+def idle_workers():  # pid -> CPU ticks of the workers the raylet (a child of this process) started
+    table = process_table()
+    raylets = {pid for pid, (parent, _, _) in table.items() if parent == os.getpid()}
+    return {pid: ticks for pid, (parent, ticks, command) in table.items() if parent in raylets and "ray::IDLE" in command}
+
+init_ray(None)
+cpus = int(ray.cluster_resources()["CPU"])
+before, deadline = {}, time.monotonic() + 120
+while time.monotonic() < deadline:  # until the prestarted workers have imported the trial modules
+    time.sleep(1.0)
+    now = idle_workers()
+    if len(now) == cpus and now == before:
+        break
+    before = now
+time.sleep(1.5)  # idle for longer than Ray's default threshold of 1 s
+groups = [placement_group([{"CPU": 1}]) for _ in range(cpus)]  # as Tune reserves its trials' CPUs
+ray.get([group.ready() for group in groups])
+time.sleep(0.5)  # the raylet looks for idle workers to stop every 0.2 s
+
+@ray.remote(num_cpus=1)
+class Trial:
+    def pid(self):
+        return os.getpid()
+
+trials = [Trial.options(scheduling_strategy=PlacementGroupSchedulingStrategy(group)).remote() for group in groups]
+print(json.dumps({"preloaded": sorted(before), "trials": sorted(ray.get([trial.pid.remote() for trial in trials]))}))
+"""
+
+
+def test_the_first_trials_start_in_the_workers_that_ray_preloaded_even_after_tune_reserved_every_cpu(tmp_path):
+    """Ray stops idle workers beyond as many as there are free CPUs; Tune reserves the first trials'
+    CPUs before it asks for their workers. With Ray's default (idle for 1 s) the preloaded workers
+    were stopped right there and the trials started in new processes that imported PyTorch and Ray
+    Tune again: 3-4 s more before the first trials start on 2 cores."""
+    done = subprocess.run([sys.executable, "-c", PRELOADED_WORKERS_TAKE_THE_TRIALS], cwd=tmp_path, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    processes = json.loads(done.stdout.strip().splitlines()[-1])
+    assert processes["preloaded"] and processes["trials"] == processes["preloaded"]
+
+
 def test_a_sweep_asking_for_a_gpu_this_machine_lacks_stops_naming_the_field_instead_of_waiting(tmp_path):
     """An embedded Ray never gains a GPU: Tune would wait forever, warning once a minute."""
     spec = tmp_path / "gpu.yaml"

@@ -152,8 +152,15 @@ TRIAL_MODULES = ("ray.tune", "wcrnn.sweep.trainable")
 # - the raylet connects to its own object store by retrying every raylet_client_connect_timeout_milliseconds
 #   (Ray's default: 10 tries, 1 s apart). In about half the starts on 2 cores the store was not
 #   listening yet at the first try, and `ray.init` took a whole second longer (3.5-3.7 s instead of
-#   2.5-2.8 s). 100 tries 0.1 s apart keep Ray's 10 s of patience and lose 0.1 s at most.
-RAY_SYSTEM_CONFIG = {"preload_python_modules": list(TRIAL_MODULES),
+#   2.5-2.8 s). 100 tries 0.1 s apart keep Ray's 10 s of patience and lose 0.1 s at most;
+# - the raylet stops idle workers beyond as many as there are free CPUs once they have been idle for
+#   idle_worker_killing_time_threshold_ms (Ray's default: 1 s). Tune reserves the CPUs of
+#   the first trials (placement groups) before it asks for their workers, so then no CPU is free: the
+#   preloaded workers, idle for a second by then, were stopped and the trials started in new
+#   processes that imported everything again (the first trials 3-4 s later; seen on 2 cores in 8 of
+#   30 sweep starts, the more often the sooner the driver is ready). A minute covers the time
+#   between the two on a slow machine.
+RAY_SYSTEM_CONFIG = {"preload_python_modules": list(TRIAL_MODULES), "idle_worker_killing_time_threshold_ms": 60_000,
                      "raylet_client_connect_timeout_milliseconds": 100, "raylet_client_num_connect_attempts": 100}
 
 
@@ -288,6 +295,10 @@ def _start_ray_while_loading(spec: SweepSpec, uri: str, address: str | None,
     partially initialized module 'optuna.trial'" when the caller had imported MLflow already).
     A tracking server is checked first, so that an unreachable one starts nothing; the other
     errors still stop the sweep before its first trial."""
+    # Ray's start and then its first workers' imports are the longer way to the first trial; Ray's own
+    # import (0.4 s of CPU) goes first, alone: beside the loading thread it would get the GIL half the time
+    import ray  # noqa: F401
+
     local_store = is_local_database(uri)
     if not local_store:
         quiet_libraries()
