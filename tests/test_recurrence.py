@@ -110,6 +110,29 @@ def test_diagonal_complex_models_fast_path_equals_the_reference_loop(name):
     assert_fast_path_equals_reference(core, state_size=16)  # [Re h, Im h]
 
 
+@pytest.mark.parametrize("name", ["lru", "complex_diagonal"])
+def test_diagonal_complex_models_float32_training_size_matches_the_reference(name):
+    # what training does: float32, N = 64, 200 steps, no initial state, loss from the last state;
+    # the fast path folds the input gain into B and computes Re, Im of B x in one matmul
+    torch.manual_seed(0)
+    core = build_core({"name": name, "hidden_size": 64, "r_min": 0.9, "r_max": 0.999}, 3)
+    inputs = torch.randn(8, 200, 3, generator=torch.Generator().manual_seed(2))
+    readout = torch.randn(128, generator=torch.Generator().manual_seed(3))
+    results = []
+    for forward in (core.forward, core.reference_forward):
+        core.zero_grad()
+        states = forward(inputs)
+        (states[:, -1] @ readout).sum().backward()
+        results.append((states.detach(), {name: p.grad.clone() for name, p in core.named_parameters()}))
+    (fast, fast_grads), (reference, reference_grads) = results
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
+    for parameter in reference_grads:
+        scale = reference_grads[parameter].abs().max().item()
+        assert scale > 0, f"{parameter} got no gradient"
+        torch.testing.assert_close(fast_grads[parameter], reference_grads[parameter], rtol=0, atol=1e-5 * scale,
+                                   msg=parameter)
+
+
 def test_gradcheck_of_the_complex_diagonal_recurrence():
     from wcrnn.models.recurrence import diagonal_linear_recurrence
 

@@ -158,18 +158,18 @@ class _DiagonalLinearRecurrence(torch.autograd.Function):
         states = drive.new_empty(steps + 1, *drive.shape[1:])  # states[0] = h_0
         states[0] = initial_state
         for t in range(steps):
-            torch.mul(states[t], eigenvalues, out=states[t + 1]).add_(drive[t])
+            torch.addcmul(drive[t], states[t], eigenvalues, out=states[t + 1])
         ctx.save_for_backward(eigenvalues, states)
         return states[1:]
 
     @staticmethod
     def backward(ctx, grad_states):
         eigenvalues, states = ctx.saved_tensors
-        conjugate = eigenvalues.conj()
+        conjugate = eigenvalues.conj().resolve_conj()  # once, not at every step
         total = torch.empty_like(states[1:])  # g_t = ∂L/∂h_t, every path
         total[-1] = grad_states[-1]
         for t in range(total.shape[0] - 1, 0, -1):
-            torch.mul(total[t], conjugate, out=total[t - 1]).add_(grad_states[t - 1])
+            torch.addcmul(grad_states[t - 1], total[t], conjugate, out=total[t - 1])
         grad_eigenvalues = (total * states[:-1].conj()).sum((0, 1)) if ctx.needs_input_grad[0] else None
         grad_initial = total[0] * conjugate if ctx.needs_input_grad[2] else None
         return grad_eigenvalues, total, grad_initial
