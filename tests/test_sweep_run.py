@@ -248,12 +248,13 @@ def idle_workers():  # pid -> CPU ticks of the workers the raylet (a child of th
 
 init_ray(None)
 cpus = int(ray.cluster_resources()["CPU"])
-before, deadline = {}, time.monotonic() + 120
-while time.monotonic() < deadline:  # until the prestarted workers have imported the trial modules
+# Until the prestarted workers have imported the trial modules: importing keeps a worker busy,
+# while an idle one still uses about 1% of a core (a CPU tick, 1/100 s, every second or so).
+before, settled, deadline = {}, False, time.monotonic() + 50  # well inside the kept minute
+while not settled and time.monotonic() < deadline:
     time.sleep(1.0)
     now = idle_workers()
-    if len(now) == cpus and now == before:
-        break
+    settled = len(now) == cpus and now.keys() == before.keys() and all(now[pid] - before[pid] <= 5 for pid in now)
     before = now
 time.sleep(1.5)  # idle for longer than Ray's default threshold of 1 s
 groups = [placement_group([{"CPU": 1}]) for _ in range(cpus)]  # as Tune reserves its trials' CPUs
@@ -266,7 +267,8 @@ class Trial:
         return os.getpid()
 
 trials = [Trial.options(scheduling_strategy=PlacementGroupSchedulingStrategy(group)).remote() for group in groups]
-print(json.dumps({"preloaded": sorted(before), "trials": sorted(ray.get([trial.pid.remote() for trial in trials]))}))
+print(json.dumps({"settled": settled, "preloaded": sorted(before),
+                  "trials": sorted(ray.get([trial.pid.remote() for trial in trials]))}))
 """
 
 
@@ -279,6 +281,7 @@ def test_the_first_trials_start_in_the_workers_that_ray_preloaded_even_after_tun
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     processes = json.loads(done.stdout.strip().splitlines()[-1])
+    assert processes["settled"], f"the preloaded workers were still busy after 50 s: {processes}"
     assert processes["preloaded"] and processes["trials"] == processes["preloaded"]
 
 
