@@ -285,6 +285,43 @@ def test_the_first_trials_start_in_the_workers_that_ray_preloaded_even_after_tun
     assert processes["preloaded"] and processes["trials"] == processes["preloaded"]
 
 
+EMBEDDED_RAY_PROCESSES = """
+import json, os
+import ray
+from ray._private import node
+from wcrnn.sweep.runner import init_ray
+
+original = node.Node.start_api_server
+init_ray(None)
+commands = []
+for name in os.listdir("/proc"):
+    try:
+        commands.append(open(f"/proc/{name}/cmdline").read().replace(chr(0), " "))
+    except OSError:
+        continue
+ours = [command for command in commands if "/ray/" in command and os.path.basename(ray._private.worker._global_node.get_session_dir_path()) in command]
+
+@ray.remote
+def square(x):
+    return x * x
+
+print(json.dumps({"dashboard_head": any("dashboard/dashboard.py" in command for command in ours),
+                  "raylet": any("raylet/raylet" in command for command in ours),
+                  "squares": ray.get([square.remote(x) for x in range(4)]),
+                  "restored": node.Node.start_api_server is original}))
+"""
+
+
+def test_the_embedded_ray_starts_without_the_dashboard_head_and_still_runs_tasks(tmp_path):
+    """With include_dashboard=False Ray 2.60 still starts its dashboard head (for usage statistics
+    only) and ray.init waits for it; a sweep's own Ray skips it."""
+    done = subprocess.run([sys.executable, "-c", EMBEDDED_RAY_PROCESSES], cwd=tmp_path, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    started = json.loads(done.stdout.strip().splitlines()[-1])
+    assert started == {"dashboard_head": False, "raylet": True, "squares": [0, 1, 4, 9], "restored": True}
+
+
 def test_a_sweep_asking_for_a_gpu_this_machine_lacks_stops_naming_the_field_instead_of_waiting(tmp_path):
     """An embedded Ray never gains a GPU: Tune would wait forever, warning once a minute."""
     spec = tmp_path / "gpu.yaml"
