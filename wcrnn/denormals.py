@@ -5,7 +5,7 @@ over hundreds of steps it falls below float32's smallest normal number (1.2e-38)
 network forgets: a WCRNN with r = 0.8 on 784 steps, an LRU, torch.nn.RNN with its default
 initialisation. x86 CPUs compute with such denormal numbers in microcode, many times slower:
 `make bench`'s "Denormal floats" table (README, Speed) had a WCRNN training step at r = 0.8
-take 4.8-5.1x as long with them on 2 Intel Xeon cores (N = 128, T = 784, batch 64), nn.RNN
+take 4.7-5.2x as long with them on 2 Intel Xeon cores (N = 128, T = 784, batch 64), nn.RNN
 1.5x (3.9-4.5x and 5.1-5.5x for the WCRNN in earlier runs). Flushing them to zero changes only values below
 1.2e-38 (2.2e-308 in float64), which are lost next to any normal-sized gradient term anyway.
 
