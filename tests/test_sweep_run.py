@@ -299,7 +299,8 @@ for name in os.listdir("/proc"):
         commands.append(open(f"/proc/{name}/cmdline").read().replace(chr(0), " "))
     except OSError:
         continue
-ours = [command for command in commands if "/ray/" in command and os.path.basename(ray._private.worker._global_node.get_session_dir_path()) in command]
+session = os.path.basename(ray._private.worker._global_node.get_session_dir_path())
+ours = [command for command in commands if "/ray/" in command and session in command]
 
 @ray.remote
 def square(x):

@@ -201,10 +201,11 @@ def _without_dashboard_head():
     starts it to send usage statistics (its only module then) and ray.init waits for it: 1.2-1.6 s
     of a sweep's start on 2 cores, and about a second of CPU while the first workers import. Ray has
     no setting for this; if its internals change, Ray simply starts as it does by default."""
-    from ray._private import node
+    try:
+        from ray._private import node
 
-    original = getattr(node.Node, "start_api_server", None)
-    if original is None:
+        original = node.Node.start_api_server
+    except (ImportError, AttributeError):
         yield
         return
 
