@@ -288,11 +288,18 @@ def test_the_first_trials_start_in_the_workers_that_ray_preloaded_even_after_tun
 EMBEDDED_RAY_PROCESSES = """
 import json, os
 import ray
-from ray._private import node
+from ray._private import node, utils
 from wcrnn.sweep.runner import init_ray
 
-original = node.Node.start_api_server
+originals = [node.Node.start_api_server, node.Node.start_monitor, node.Node.start_log_monitor,
+             utils.get_dashboard_dependency_error]
 init_ray(None)
+
+@ray.remote
+def square(x):
+    return x * x
+
+squares = ray.get([square.remote(x) for x in range(4)])
 commands = []
 for name in os.listdir("/proc"):
     try:
@@ -301,26 +308,30 @@ for name in os.listdir("/proc"):
         continue
 session = os.path.basename(ray._private.worker._global_node.get_session_dir_path())
 ours = [command for command in commands if "/ray/" in command and session in command]
-
-@ray.remote
-def square(x):
-    return x * x
-
+agents = [command for command in ours if "dashboard/agent.py" in command]
 print(json.dumps({"dashboard_head": any("dashboard/dashboard.py" in command for command in ours),
+                  "autoscaler_monitor": any("autoscaler/_private/monitor.py" in command for command in ours),
+                  "log_monitor": any("log_monitor.py" in command for command in ours),
+                  "minimal_agent": bool(agents) and all("--minimal" in command for command in agents),
                   "raylet": any("raylet/raylet" in command for command in ours),
-                  "squares": ray.get([square.remote(x) for x in range(4)]),
-                  "restored": node.Node.start_api_server is original}))
+                  "squares": squares,
+                  "restored": originals == [node.Node.start_api_server, node.Node.start_monitor,
+                                            node.Node.start_log_monitor, utils.get_dashboard_dependency_error]}))
 """
 
 
-def test_the_embedded_ray_starts_without_the_dashboard_head_and_still_runs_tasks(tmp_path):
-    """With include_dashboard=False Ray 2.60 still starts its dashboard head (for usage statistics
-    only) and ray.init waits for it; a sweep's own Ray skips it."""
-    done = subprocess.run([sys.executable, "-c", EMBEDDED_RAY_PROCESSES], cwd=tmp_path, env=ENV,
+@pytest.mark.parametrize("logs_to_driver", [False, True], ids=["quiet", "WCRNN_RAY_LOGS"])
+def test_the_embedded_ray_starts_without_cluster_services_and_still_runs_tasks(tmp_path, logs_to_driver):
+    """A sweep's own Ray has no dashboard head (Ray 2.60 starts one for usage statistics even with
+    include_dashboard=False, and ray.init waits for it), no autoscaler monitor, a minimal node agent,
+    and a log monitor only when the workers' logs are shown (WCRNN_RAY_LOGS)."""
+    env = {**ENV, "WCRNN_RAY_LOGS": "1"} if logs_to_driver else {k: v for k, v in ENV.items() if k != "WCRNN_RAY_LOGS"}
+    done = subprocess.run([sys.executable, "-c", EMBEDDED_RAY_PROCESSES], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     started = json.loads(done.stdout.strip().splitlines()[-1])
-    assert started == {"dashboard_head": False, "raylet": True, "squares": [0, 1, 4, 9], "restored": True}
+    assert started == {"dashboard_head": False, "autoscaler_monitor": False, "log_monitor": logs_to_driver,
+                       "minimal_agent": True, "raylet": True, "squares": [0, 1, 4, 9], "restored": True}
 
 
 def test_a_sweep_asking_for_a_gpu_this_machine_lacks_stops_naming_the_field_instead_of_waiting(tmp_path):

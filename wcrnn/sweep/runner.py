@@ -179,7 +179,8 @@ def init_ray(address: str | None) -> str:
     if ray.is_initialized():
         return ray.get_runtime_context().gcs_address or "local"
     quiet_environment()
-    kwargs = dict(logging_level=logging.WARNING, log_to_driver=bool(os.environ.get("WCRNN_RAY_LOGS")))
+    logs_to_driver = bool(os.environ.get("WCRNN_RAY_LOGS"))
+    kwargs = dict(logging_level=logging.WARNING, log_to_driver=logs_to_driver)
     try:
         if address:
             ray.init(address=address, **kwargs)
@@ -188,7 +189,7 @@ def init_ray(address: str | None) -> str:
             # start, with how to opt out; for a cluster private to this process that is only noise.
             logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             # a copy: ray.init adds the session's own settings (its spill folder) to the dict it is given
-            with _without_dashboard_head():
+            with _without_cluster_services(keep_log_monitor=logs_to_driver):
                 ray.init(include_dashboard=False, _system_config=dict(RAY_SYSTEM_CONFIG), **kwargs)
     except ConnectionError as error:
         raise ServiceUnavailable(f"--address {address}: cannot connect to the Ray cluster ({error})") from None
@@ -196,27 +197,42 @@ def init_ray(address: str | None) -> str:
 
 
 @contextmanager
-def _without_dashboard_head():
-    """Start Ray without its dashboard head process. With include_dashboard=False, Ray 2.60 still
-    starts it to send usage statistics (its only module then) and ray.init waits for it: 1.2-1.6 s
-    of a sweep's start on 2 cores, and about a second of CPU while the first workers import. Ray has
-    no setting for this; if its internals change, Ray simply starts as it does by default."""
+def _without_cluster_services(keep_log_monitor: bool):
+    """Start a Ray private to this process without the processes that serve a cluster's users, which
+    a sweep's own Ray never has: 4-5 s of CPU on the 2 cores its start-up is bound by.
+    - The dashboard head: with include_dashboard=False Ray 2.60 still starts it, to send usage
+      statistics (its only module then), and ray.init waits for it: 1.2-1.6 s on 2 cores.
+    - The autoscaler's monitor (nothing to scale) and the log monitor, which sends the workers' logs
+      to the driver (kept when the driver shows them).
+    - The node agent's HTTP server and metrics modules: it runs with `--minimal`, as it does where Ray
+      is installed without its dashboard's dependencies (then ray.init does not import them either).
+    Ray has no settings for these; if its internals change, Ray simply starts as it does by default."""
     try:
-        from ray._private import node
+        from ray._private import node, utils
 
-        original = node.Node.start_api_server
+        originals = {(node.Node, "start_api_server"): node.Node.start_api_server,
+                     (node.Node, "start_monitor"): node.Node.start_monitor,
+                     (node.Node, "start_log_monitor"): node.Node.start_log_monitor,
+                     (utils, "get_dashboard_dependency_error"): utils.get_dashboard_dependency_error}
     except (ImportError, AttributeError):
         yield
         return
 
-    def skip(self, *args, **kwargs):
+    def without_api_server(self, *args, **kwargs):
         self._webui_url = None
 
-    node.Node.start_api_server = skip
+    replacements = {"start_api_server": without_api_server, "start_monitor": lambda self: None,
+                    "get_dashboard_dependency_error": lambda: ImportError("a sweep's own Ray runs no dashboard")}
+    if not keep_log_monitor:
+        replacements["start_log_monitor"] = lambda self: None
+    for owner, name in originals:
+        if name in replacements:
+            setattr(owner, name, replacements[name])
     try:
         yield
     finally:
-        node.Node.start_api_server = original
+        for (owner, name), original in originals.items():
+            setattr(owner, name, original)
 
 
 def check_a_trial_fits(spec: SweepSpec, address: str | None, resuming: bool = False) -> None:
