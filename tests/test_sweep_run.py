@@ -67,6 +67,10 @@ def test_quickstart_leaves_a_parent_run_and_one_child_per_trial(quickstart):
     assert parent.info.status == "FINISHED"
     assert {"wcrnn.spec_hash", "wcrnn.code_version", "wcrnn.ray_address"} <= set(parent.data.tags)
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    for child in children:  # the epoch tags say where each trial ended, after ASHA stopped some
+        epochs = [m.step for m in client.get_metric_history(child.info.run_id, "val_mse")]
+        assert child.data.tags["wcrnn.last_epoch"] == str(max(epochs)) and max(epochs) > 1
+        assert child.data.tags["wcrnn.node_ip"] and child.data.tags["wcrnn.node_id"]
     parent_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert "spec.yaml" in parent_files
