@@ -207,31 +207,28 @@ def _without_cluster_services(keep_log_monitor: bool):
     - The node agent's HTTP server and metrics modules: it runs with `--minimal`, as it does where Ray
       is installed without its dashboard's dependencies (then ray.init does not import them either).
     Ray has no settings for these; if its internals change, Ray simply starts as it does by default."""
-    try:
-        from ray._private import node, utils
-
-        originals = {(node.Node, "start_api_server"): node.Node.start_api_server,
-                     (node.Node, "start_monitor"): node.Node.start_monitor,
-                     (node.Node, "start_log_monitor"): node.Node.start_log_monitor,
-                     (utils, "get_dashboard_dependency_error"): utils.get_dashboard_dependency_error}
-    except (ImportError, AttributeError):
-        yield
-        return
 
     def without_api_server(self, *args, **kwargs):
         self._webui_url = None
 
-    replacements = {"start_api_server": without_api_server, "start_monitor": lambda self: None,
-                    "get_dashboard_dependency_error": lambda: ImportError("a sweep's own Ray runs no dashboard")}
-    if not keep_log_monitor:
-        replacements["start_log_monitor"] = lambda self: None
-    for owner, name in originals:
-        if name in replacements:
-            setattr(owner, name, replacements[name])
+    try:
+        from ray._private import node, utils
+
+        replacements = [(node.Node, "start_api_server", without_api_server),
+                        (node.Node, "start_monitor", lambda self: None),
+                        (utils, "get_dashboard_dependency_error", lambda: ImportError("a sweep's own Ray runs no dashboard"))]
+        if not keep_log_monitor:
+            replacements.append((node.Node, "start_log_monitor", lambda self: None))
+        originals = [(owner, name, getattr(owner, name)) for owner, name, _ in replacements]
+    except (ImportError, AttributeError):
+        yield
+        return
+    for owner, name, replacement in replacements:
+        setattr(owner, name, replacement)
     try:
         yield
     finally:
-        for (owner, name), original in originals.items():
+        for owner, name, original in originals:
             setattr(owner, name, original)
 
 
