@@ -289,6 +289,51 @@ def test_the_first_trials_start_in_the_workers_that_ray_preloaded_even_after_tun
     assert processes["preloaded"] and processes["trials"] == processes["preloaded"]
 
 
+PRELOADING_WHILE_RAY_STARTS = """
+import json, os, time
+from ray._private import worker
+from wcrnn.sweep.runner import init_ray
+
+def started_at(pid):  # seconds since boot, as the kernel counts a process's start
+    return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+
+def children(parents):
+    table = {}
+    for name in os.listdir("/proc"):
+        try:
+            table[int(name)] = (int(open(f"/proc/{name}/stat").read().rsplit(")", 1)[1].split()[1]),
+                                open(f"/proc/{name}/cmdline").read())
+        except (ValueError, OSError):
+            continue
+    return {pid: command for pid, (parent, command) in table.items() if parent in parents}
+
+connect, connecting = worker.connect, []
+def slow_connect(*args, **kwargs):  # a driver busy elsewhere (importing, say) connects late
+    connecting.append(time.clock_gettime(time.CLOCK_BOOTTIME))
+    time.sleep(4.0)
+    return connect(*args, **kwargs)
+worker.connect = slow_connect
+
+init_ray(None)
+raylets = [pid for pid, command in children({os.getpid()}).items() if "raylet" in command]
+workers = [pid for pid, command in children(set(raylets)).items() if command.startswith("ray::IDLE")]
+print(json.dumps({"workers": len(workers), "earliest": min(map(started_at, workers), default=None),
+                  "driver_connected": connecting[0] + 4.0}))
+"""
+
+
+def test_the_preloading_workers_do_not_wait_for_the_driver_to_connect(tmp_path):
+    """The raylet starts the workers that import the trial modules as soon as it is up, so their
+    imports overlap ray.init's wait for Ray's other processes. By Ray's default it starts them when
+    the first driver connects, which a driver busy importing beside ray.init does late."""
+    done = subprocess.run([sys.executable, "-c", PRELOADING_WHILE_RAY_STARTS], cwd=tmp_path, env=ENV,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    times = json.loads(done.stdout.strip().splitlines()[-1])
+    assert times["workers"] >= 1, times
+    assert times["earliest"] < times["driver_connected"] - 1.0, times
+
+
 EMBEDDED_RAY_PROCESSES = """
 import json, os
 import ray
