@@ -47,15 +47,20 @@ def test_smoke_benchmark_measures_every_section_and_writes_json_and_markdown(tmp
     every_step = [row for row in results["lyapunov"] if row["ons_interval"] == 1]
     assert all(row["qr_decompositions"] == row["steps"] for row in every_step)
 
-    # the sweep once on an embedded Ray, once on a running local Ray (`ray start --head`) that is stopped after
+    # the sweep once on an embedded Ray, once on a running local Ray (`ray start --head`, its second
+    # sweep) that is stopped after
     assert [sweep["ray"].split()[0] for sweep in results["sweep"]] == ["embedded", "running"]
+    assert "second sweep" in results["sweep"][1]["ray"]
     for sweep in results["sweep"]:
         assert sweep["trials"] == 2 and sweep["trial_seconds_total"] > 0
         # the trials ran inside the sweep, so the sweep took at least their packed time
         assert sweep["wall_seconds"] >= sweep["trial_seconds_total"] / sweep["concurrency"]
         assert 0 < sweep["mlflow_seconds"] < sweep["wall_seconds"]
         assert 0 <= sweep["last_trial_alone_seconds"] < sweep["wall_seconds"]
-        assert sweep["most_trials_at_once"] == sweep["concurrency"]
+    # the embedded Ray's preloaded workers take both trials at once; on the running Ray a later sweep's
+    # workers start when Tune asks for them, and a smoke trial may end before the second one is ready
+    assert results["sweep"][0]["most_trials_at_once"] == results["sweep"][0]["concurrency"]
+    assert 1 <= results["sweep"][1]["most_trials_at_once"] <= results["sweep"][1]["concurrency"]
 
     # trials per GPU: each trial asks for 1/k of a GPU (a logical one where there is none) and Ray
     # runs k at a time on every GPU
