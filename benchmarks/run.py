@@ -1,6 +1,6 @@
 """wcrnn benchmarks: one run, everything side by side, written as JSON and a markdown table.
 
-    make bench                                   (full: about 15 minutes on 2 cores)
+    make bench                                   (full: 15-20 minutes on 2 cores)
     .venv/bin/python benchmarks/run.py --smoke   (tiny sizes; CI runs this to keep it working)
 
 What is measured (each against a baseline measured in the same run, on the same machine):
@@ -15,7 +15,9 @@ What is measured (each against a baseline measured in the same run, on the same 
    to about 20 s each on this machine, 2 at a time) against the sum of its trials' own run
    times, and MLflow's share of trial time: five times on an embedded Ray (its start-up varies
    by seconds from run to run on a shared machine; the median is the result), and once against
-   a local Ray head kept running between sweeps (`ray start --head`).
+   a local Ray head kept running between sweeps (`ray start --head`). Each row also gives the
+   overhead with trials of exactly 20 s (the trials run longer or shorter in the sweeps than
+   when they were sized), and one trial worker's imports are timed alone: the start-up's floor.
 4. On a GPU, when there is one: the training step against cuDNN's nn.RNN, and trials per GPU
    with fractional resources: the same trials asking for 1, 1/2 and 1/4 of a GPU each, so that
    Ray runs 1, 2 or 4 at a time on every GPU; their throughput against one trial per GPU.
@@ -338,12 +340,16 @@ def running_local_ray(cpus: int):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def sweep_rows(spec_fields: dict, repeats: int) -> list[dict]:
+def sweep_rows(spec_fields: dict, repeats: int, target_trial_seconds: float | None = None) -> list[dict]:
     """The embedded sweep `repeats` times (start-up varies by seconds from run to run on a shared
     machine), then once against a running local Ray, as its second sweep: the raylet prestarts
     workers with the trial modules imported once, when it starts, so a sweep right after
     `ray start` finds them ready where later sweeps do not. The first sweep, not reported, runs as
-    many small trials at once as the measured one, to take every prestarted worker."""
+    many small trials at once as the measured one, to take every prestarted worker.
+
+    With `target_trial_seconds`, each row also gives the overhead its fixed seconds would be with
+    trials of exactly that length: the trials, sized before the sweeps, run seconds longer or
+    shorter in them on a shared machine, and longer trials make the same fixed seconds look smaller."""
     rows = [sweep_row(spec_fields) for _ in range(repeats)]
     with running_local_ray(os.cpu_count() or 1) as address:
         first = copy.deepcopy(spec_fields)
@@ -351,7 +357,28 @@ def sweep_rows(spec_fields: dict, repeats: int) -> list[dict]:
         first["task"]["num_train"] = 4 * first["training"]["batch_size"]
         sweep_row(first, address)
         rows.append(sweep_row(spec_fields, address))
+    if target_trial_seconds:
+        for row in rows:
+            row["target_trial_seconds"] = target_trial_seconds
+            row["overhead_share_with_target_trials"] = overhead_with_trials_of(row, target_trial_seconds)
     return rows
+
+
+def overhead_with_trials_of(row: dict, trial_seconds: float) -> float:
+    """The row's overhead if its trials had taken `trial_seconds` each and its fixed seconds (wall
+    time beyond the trials' packed time: start-up, finish, idle workers) had stayed the same."""
+    fixed = row["wall_seconds"] - row["trial_seconds_total"] / row["concurrency"]
+    return fixed / (fixed + trial_seconds * row["trials"] / row["concurrency"])
+
+
+def worker_import_seconds(repeats: int) -> float:
+    """Median wall time of what a trial worker imports before its first trial (Ray Tune, PyTorch,
+    the trainable), in a fresh process on an otherwise idle machine: the floor under a sweep's
+    start-up, since each of the first workers pays it and they share the machine's cores."""
+    probe = "import time; t = time.perf_counter(); import ray.tune, wcrnn.sweep.trainable; print(time.perf_counter() - t)"
+    times = sorted(float(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                                        timeout=300).stdout) for _ in range(repeats))
+    return times[len(times) // 2]
 
 
 def gpu_packing_rows(spec_fields: dict, shares: tuple[int, ...], gpus: int, logical: bool = False) -> list[dict]:
@@ -422,6 +449,8 @@ def markdown(results: dict) -> str:
     if results.get("sweep"):
         rows = results["sweep"]
         embedded = sorted(row["overhead_share_of_wall"] for row in rows if row["ray"] == EMBEDDED)
+        target = rows[0].get("target_trial_seconds")
+        rescaled = sorted(row["overhead_share_with_target_trials"] for row in rows if row["ray"] == EMBEDDED and target)
         lines += ["**Sweep orchestration** (Ray Tune + Optuna TPE + MLflow on SQLite, local Ray, no early stopping): "
                   f"{rows[0]['trials']} trials, {rows[0]['concurrency']} at a time, each {rows[0]['epochs']} epochs of "
                   f"{rows[0]['num_train']} adding-problem sequences: the size whose trials, timed {rows[0]['concurrency']} "
@@ -435,17 +464,27 @@ def markdown(results: dict) -> str:
                   "steady = the same ratio between the first trial's start and the last one's end, which includes the "
                   "last trial running alone (its own column) once the other worker has nothing left. MLflow = the "
                   "driver's tracking thread in MLflow calls; plots = drawing the per-trial spectrum for MLflow (same "
-                  "thread, concurrent with the trials).", "",
-                  "| Ray | mean trial s | wall s | startup s | finish s | last trial alone s | overhead | steady overhead "
-                  "| MLflow / trial time | plots / trial time |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "thread, concurrent with the trials)."
+                  + (f" With {target:g}-s trials = the overhead the row's fixed seconds (wall time beyond the trials' "
+                     f"packed time) would be with trials of exactly {target:g} s." if target else ""), "",
+                  "| Ray | mean trial s | wall s | startup s | finish s | last trial alone s | overhead "
+                  + (f"| overhead with {target:g}-s trials " if target else "")
+                  + "| steady overhead | MLflow / trial time | plots / trial time |",
+                  "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if target else "")]
         for row in rows:
             lines.append(f"| {row['ray']} | {row['mean_trial_seconds']:.1f} | {row['wall_seconds']:.1f} "
                          f"| {row['startup_seconds']:.1f} | {row['finish_seconds']:.1f} | {row['last_trial_alone_seconds']:.1f} "
-                         f"| {100 * row['overhead_share_of_wall']:.1f}% | {100 * row['steady_overhead_share_of_wall']:.1f}% "
+                         f"| {100 * row['overhead_share_of_wall']:.1f}% "
+                         + (f"| {100 * row['overhead_share_with_target_trials']:.1f}% " if target else "")
+                         + f"| {100 * row['steady_overhead_share_of_wall']:.1f}% "
                          f"| {100 * row['mlflow_share_of_trial_time']:.2f}% | {100 * row['rendering_share_of_trial_time']:.2f}% |")
-        lines += ["", f"Embedded Ray, median overhead of {len(embedded)} runs: "
-                      f"{100 * embedded[len(embedded) // 2]:.1f}%.", ""]
+        lines += ["", f"Embedded Ray, median overhead of {len(embedded)} runs: {100 * embedded[len(embedded) // 2]:.1f}%"
+                      + (f"; with {target:g}-s trials: {100 * rescaled[len(rescaled) // 2]:.1f}%" if target else "") + "."]
+        if results.get("worker_import_seconds"):
+            lines += ["", f"A trial worker's imports (Ray Tune, PyTorch, the trainable), timed alone in a fresh process on "
+                          f"the idle machine: {results['worker_import_seconds']:.1f} s. Each of the first workers pays them "
+                          "before its first trial, beside Ray's own start on the same cores: the floor under the start-up."]
+        lines.append("")
     if results.get("gpu_packing"):
         rows = results["gpu_packing"]
         where = (f"{rows[0]['gpus']} logical GPU(s) that Ray schedules but that do not exist: the trials trained on "
@@ -503,8 +542,11 @@ def main(
     if "sweep" in sections:
         print("sweep overhead ...", flush=True)
         # The target's sweep: 8 trials of about 20 s each (4 epochs), 2 at a time on 2 cores.
-        fields = sweep_spec(2, 1, 256, 20, 8) if smoke else sweep_spec(8, 4, calibrated_num_train(20, 4, 200, 64, concurrency=2), 200, 64)
-        results["sweep"] = sweep_rows(fields, repeats=1 if smoke else 5)
+        trial_seconds = 20
+        fields = (sweep_spec(2, 1, 256, 20, 8) if smoke else
+                  sweep_spec(8, 4, calibrated_num_train(trial_seconds, 4, 200, 64, concurrency=2), 200, 64))
+        results["worker_import_seconds"] = worker_import_seconds(1 if smoke else 3)
+        results["sweep"] = sweep_rows(fields, repeats=1 if smoke else 5, target_trial_seconds=None if smoke else trial_seconds)
     gpus = torch.cuda.device_count()
     if "gpu" in sections and (gpus or smoke):
         print("trials per GPU ...", flush=True)

@@ -61,6 +61,8 @@ def test_smoke_benchmark_measures_every_section_and_writes_json_and_markdown(tmp
     # workers start when Tune asks for them, and a smoke trial may end before the second one is ready
     assert results["sweep"][0]["most_trials_at_once"] == results["sweep"][0]["concurrency"]
     assert 1 <= results["sweep"][1]["most_trials_at_once"] <= results["sweep"][1]["concurrency"]
+    # the start-up's floor: one worker's imports, timed alone in a fresh process
+    assert 0 < results["worker_import_seconds"] < results["sweep"][0]["wall_seconds"]
 
     # trials per GPU: each trial asks for 1/k of a GPU (a logical one where there is none) and Ray
     # runs k at a time on every GPU
@@ -77,6 +79,7 @@ def test_smoke_benchmark_measures_every_section_and_writes_json_and_markdown(tmp
     assert "× nn.RNN" in table and "Lyapunov spectrum" in table and "Sweep orchestration" in table
     assert "Denormal floats" in table
     assert "Trials per GPU" in table
+    assert "A trial worker's imports" in table
     assert results["date"] in table
 
 
@@ -108,3 +111,17 @@ def test_the_trial_size_is_read_off_the_line_whichever_side_of_the_larger_probe_
         first = benchmark.size_for_seconds([(size, seconds(size)) for size in probes], 20.0, batch)
         again = benchmark.size_for_seconds([(probes[1], seconds(probes[1])), (first, seconds(first))], 20.0, batch)
         assert abs(first - 3600) <= batch and abs(again - 3600) <= batch, (probes, first, again)
+
+
+def test_the_overhead_with_trials_of_the_target_length_keeps_the_sweeps_fixed_seconds(monkeypatch):
+    """Trials sized to 20 s ran 17-27 s in the sweeps on shared hosts; the same fixed seconds are a
+    smaller share of longer trials, so the table also gives the share with trials of exactly 20 s."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import run as benchmark
+
+    # 8 trials of 25 s, 2 at a time: 100 s packed, 10 s more of start-up, finish and idle workers
+    row = {"wall_seconds": 110.0, "trial_seconds_total": 200.0, "trials": 8, "concurrency": 2}
+    measured = 1 - (200.0 / 2) / 110.0
+    assert math.isclose(benchmark.overhead_with_trials_of(row, 25.0), measured)
+    assert math.isclose(benchmark.overhead_with_trials_of(row, 20.0), 10 / (10 + 80))
+    assert benchmark.overhead_with_trials_of(row, 20.0) > measured > benchmark.overhead_with_trials_of(row, 30.0)
