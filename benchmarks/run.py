@@ -43,6 +43,7 @@ import platform
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -376,9 +377,8 @@ def worker_import_seconds(repeats: int) -> float:
     the trainable), in a fresh process on an otherwise idle machine: the floor under a sweep's
     start-up, since each of the first workers pays it and they share the machine's cores."""
     probe = "import time; t = time.perf_counter(); import ray.tune, wcrnn.sweep.trainable; print(time.perf_counter() - t)"
-    times = sorted(float(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                                        timeout=300).stdout) for _ in range(repeats))
-    return times[len(times) // 2]
+    return statistics.median_high(float(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                                                       check=True, timeout=300).stdout) for _ in range(repeats))
 
 
 def gpu_packing_rows(spec_fields: dict, shares: tuple[int, ...], gpus: int, logical: bool = False) -> list[dict]:
@@ -448,9 +448,8 @@ def markdown(results: dict) -> str:
         lines.append("")
     if results.get("sweep"):
         rows = results["sweep"]
-        embedded = sorted(row["overhead_share_of_wall"] for row in rows if row["ray"] == EMBEDDED)
+        embedded = [row for row in rows if row["ray"] == EMBEDDED]
         target = rows[0].get("target_trial_seconds")
-        rescaled = sorted(row["overhead_share_with_target_trials"] for row in rows if row["ray"] == EMBEDDED and target)
         lines += ["**Sweep orchestration** (Ray Tune + Optuna TPE + MLflow on SQLite, local Ray, no early stopping): "
                   f"{rows[0]['trials']} trials, {rows[0]['concurrency']} at a time, each {rows[0]['epochs']} epochs of "
                   f"{rows[0]['num_train']} adding-problem sequences: the size whose trials, timed {rows[0]['concurrency']} "
@@ -478,8 +477,12 @@ def markdown(results: dict) -> str:
                          + (f"| {100 * row['overhead_share_with_target_trials']:.1f}% " if target else "")
                          + f"| {100 * row['steady_overhead_share_of_wall']:.1f}% "
                          f"| {100 * row['mlflow_share_of_trial_time']:.2f}% | {100 * row['rendering_share_of_trial_time']:.2f}% |")
-        lines += ["", f"Embedded Ray, median overhead of {len(embedded)} runs: {100 * embedded[len(embedded) // 2]:.1f}%"
-                      + (f"; with {target:g}-s trials: {100 * rescaled[len(rescaled) // 2]:.1f}%" if target else "") + "."]
+        def median(key: str) -> float:  # of the embedded rows; the upper one of an even count
+            return 100 * statistics.median_high(row[key] for row in embedded)
+
+        lines += ["", f"Embedded Ray, median overhead of {len(embedded)} runs: {median('overhead_share_of_wall'):.1f}%"
+                      + (f"; with {target:g}-s trials: {median('overhead_share_with_target_trials'):.1f}%" if target else "")
+                      + "."]
         if results.get("worker_import_seconds"):
             lines += ["", f"A trial worker's imports (Ray Tune, PyTorch, the trainable), timed alone in a fresh process on "
                           f"the idle machine: {results['worker_import_seconds']:.1f} s. Each of the first workers pays them "
