@@ -102,6 +102,78 @@ def test_write_ahead_log_creates_no_database_and_leaves_servers_alone(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+class _Trial:
+    """What the tracking callback reads of a Ray Tune trial."""
+
+    def __init__(self, trial_id: str, folder: Path):
+        import pyarrow.fs
+
+        self.trial_id, self.config, self.checkpoint = trial_id, {"model.r": 0.95}, None
+        self.path, self.storage = str(folder / trial_id), type("Storage", (), {"storage_filesystem": pyarrow.fs.LocalFileSystem()})
+
+    def __str__(self):
+        return f"trainable_{self.trial_id}"
+
+
+def _tracked(tmp_path, monkeypatch):
+    """(an MLflowTrialCallback on a real local database, the MlflowClient calls it made: (method, tag keys))."""
+    from mlflow import MlflowClient
+
+    from wcrnn.sweep import SweepSpec
+    from wcrnn.sweep.tracking import MLflowTrialCallback, SweepTracker
+
+    spec = SweepSpec.model_validate(yaml.safe_load((ROOT / "sweeps" / "quickstart.yaml").read_text()))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment_id, parent = SweepTracker(uri, spec).start("name: quickstart", "local", "test", str(tmp_path / "artifacts"))
+    calls = []
+    for method in ("search_runs", "create_run", "log_batch"):
+        def spy(self, *args, _original=getattr(MlflowClient, method), _method=method, **kwargs):
+            calls.append((_method, {tag.key for tag in kwargs.get("tags") or []} if _method == "log_batch" else set()))
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(MlflowClient, method, spy)
+    return MLflowTrialCallback(uri, experiment_id, parent, spec.model_dump_json()), calls
+
+
+def test_a_new_sweeps_trial_runs_are_created_without_searching_and_a_restored_callback_finds_them(tmp_path, monkeypatch):
+    """Each MLflow call costs the driver milliseconds of CPU beside the trials: a new sweep's trials
+    have no runs to look for. A callback Tune restores (a resumed sweep) looks, and continues the run."""
+    import pickle
+
+    callback, calls = _tracked(tmp_path, monkeypatch)
+    saved = pickle.dumps(callback)  # Ray Tune saves the callbacks with the sweep when it starts
+    trial = _Trial("t1", tmp_path)
+    callback.on_trial_start(0, [], trial)
+    callback.on_trial_result(0, [], trial, {"epoch": 1, "val_mse": 0.5, "node_ip": "127.0.0.1", "node_id": "a"})
+    callback.close()
+    assert [method for method, _ in calls].count("search_runs") == 0
+    assert [method for method, _ in calls].count("create_run") == 1
+    run_id = callback.run_ids["t1"]
+
+    restored = pickle.loads(saved)  # a resumed sweep: the saved callback with the state Tune saved last
+    restored.set_state(callback.get_state())
+    calls.clear()
+    restored.on_trial_start(0, [], trial)
+    restored.on_trial_result(0, [], trial, {"epoch": 2, "val_mse": 0.4, "node_ip": "127.0.0.1", "node_id": "a"})
+    restored.close()
+    assert [method for method, _ in calls].count("create_run") == 0 and restored.run_ids["t1"] == run_id
+    assert [m.step for m in MlflowClient(callback.uri).get_metric_history(run_id, "val_mse")] == [1, 2]
+
+
+def test_the_node_tags_are_logged_with_the_first_epoch_and_again_only_when_the_trial_moves(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    callback, calls = _tracked(tmp_path, monkeypatch)
+    trial = _Trial("t1", tmp_path)
+    for epoch, node in [(1, "a"), (2, "a"), (3, "b")]:
+        callback.on_trial_result(0, [], trial, {"epoch": epoch, "val_mse": 1 / epoch, "node_ip": f"10.0.0.{node}", "node_id": node})
+    callback.close()
+    epochs = [tags for method, tags in calls if method == "log_batch" and "wcrnn.last_epoch" in tags]
+    assert [bool(tags & {"wcrnn.node_ip", "wcrnn.node_id"}) for tags in epochs] == [True, False, True]
+    run = MlflowClient(callback.uri).get_run(callback.run_ids["t1"])
+    assert run.data.tags["wcrnn.node_id"] == "b" and run.data.tags["wcrnn.node_ip"] == "10.0.0.b"
+    assert run.data.tags["wcrnn.last_epoch"] == "3"
+
+
 def test_the_report_warm_up_runs_beside_pyplot_drawing_and_leaves_no_figure_open(tmp_path):
     """The sweep warms matplotlib in a thread while Ray starts; the tracking thread may draw meanwhile."""
     import threading

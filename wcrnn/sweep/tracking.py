@@ -41,6 +41,7 @@ STATUS_TAG = "wcrnn.status"
 TRIAL_TAG = "wcrnn.trial_id"
 SWEEP_TAG = "wcrnn.sweep"
 LAST_EPOCH_TAG = "wcrnn.last_epoch"
+NODE_TAGS = ("wcrnn.node_ip", "wcrnn.node_id")
 _NOT_METRICS = set(AUTO_RESULT_KEYS) | {"done", "epoch", "status", "should_checkpoint", "checkpoint_dir_name",
                                         "iterations_since_restore", "time_since_restore", "experiment_tag"}
 
@@ -62,8 +63,8 @@ def epoch_record(result: dict, at: float | None = None) -> tuple[int, list, list
     metrics = [Metric(name, float(value), stamp, step) for name, value in result.items()
                if name not in _NOT_METRICS and isinstance(value, (int, float)) and not isinstance(value, bool)
                and math.isfinite(value)]
-    tags = [RunTag("wcrnn.node_ip", str(result.get("node_ip", ""))), RunTag(LAST_EPOCH_TAG, str(step)),
-            RunTag("wcrnn.node_id", str(result.get("node_id", "")))]
+    tags = [RunTag(NODE_TAGS[0], str(result.get("node_ip", ""))), RunTag(LAST_EPOCH_TAG, str(step)),
+            RunTag(NODE_TAGS[1], str(result.get("node_id", "")))]
     if result.get("status") == "diverged":
         tags.append(RunTag(STATUS_TAG, "diverged"))
     return step, metrics, tags
@@ -290,6 +291,10 @@ class MLflowTrialCallback(Callback):
         self.last_spectrum: dict[str, dict] = {}  # trial_id -> last Lyapunov spectrum, plotted when the trial ends
         self._opening: set[str] = set()  # trials whose run-opening job is queued
         self.logged_through: dict[str, int] = {}  # trial_id -> last epoch whose metrics are in MLflow
+        self.node_logged: dict[str, dict] = {}  # trial_id -> the node tags MLflow has (sent again only when they change)
+        # Made for a new sweep, whose trials have no MLflow runs to look for yet. Every MLflow call costs
+        # the driver milliseconds of CPU beside the trials; a callback restored from Tune's state looks.
+        self._new_sweep = True
         self._failures: list[str] = []  # writes given up on, kept after the writer closes
         self._lost = False
         self._writer: _Writer | None = None
@@ -300,6 +305,7 @@ class MLflowTrialCallback(Callback):
         state = dict(self.__dict__)
         state["_writer"] = state["_spec"] = None
         state["_opening"], state["_failures"], state["_lost"] = set(), [], False
+        state["_new_sweep"], state["node_logged"] = False, {}  # unpickled: a resumed sweep
         return state
 
     @property
@@ -354,9 +360,11 @@ class MLflowTrialCallback(Callback):
         # A trial restored from Tune's saved state (a resumed sweep) has its saved results in storage.
         saved_results = (trial.storage.storage_filesystem, Path(trial.path, EXPR_RESULT_FILE).as_posix()) \
             if trial.checkpoint is not None else None
+        may_have_a_run = saved_results is not None or not self._new_sweep
 
         def job(client):
-            existing = trial_runs(client, self.experiment_id, self.parent_run_id, f"tags.{TRIAL_TAG} = '{key}'", 1)
+            existing = trial_runs(client, self.experiment_id, self.parent_run_id, f"tags.{TRIAL_TAG} = '{key}'", 1) \
+                if may_have_a_run else []
             if existing:  # after a resume: continue the same run, after the epochs it already has
                 run_id = existing[0].info.run_id
                 client.update_run(run_id, status="RUNNING")
@@ -433,8 +441,11 @@ class MLflowTrialCallback(Callback):
             # reports those epochs again: MLflow keeps the first report of each.
             if step <= self.logged_through.get(key, 0):
                 return
-            client.log_batch(run_id, metrics=metrics, tags=tags)
+            node = {tag.key: tag.value for tag in tags if tag.key in NODE_TAGS}
+            unchanged = self.node_logged.get(key) == node
+            client.log_batch(run_id, metrics=metrics, tags=[tag for tag in tags if not (unchanged and tag.key in NODE_TAGS)])
             self.logged_through[key] = step
+            self.node_logged[key] = node
 
         self._submit(key, job, f"epoch {step}")
         if result.get("lyapunov_spectrum"):
