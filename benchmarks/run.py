@@ -1,6 +1,6 @@
 """wcrnn benchmarks: one run, everything side by side, written as JSON and a markdown table.
 
-    make bench                                   (full: 15-20 minutes on 2 cores)
+    make bench                                   (full: 13-20 minutes on 2 cores)
     .venv/bin/python benchmarks/run.py --smoke   (tiny sizes; CI runs this to keep it working)
 
 What is measured (each against a baseline measured in the same run, on the same machine):
