@@ -557,6 +557,9 @@ def test_every_epoch_and_the_lyapunov_spectrum_are_tracked(quickstart):
         assert len(spectrum["exponents"]) == 32 and spectrum["exponents"] == sorted(spectrum["exponents"], reverse=True)
         assert spectrum["max_exponent"] == pytest.approx(child.data.metrics["max_lyapunov"])
         assert child.info.status == "FINISHED"
+        # the test set is evaluated after the last epoch, and only a trial that got there reports it
+        test_steps = [m.step for m in client.get_metric_history(run_id, "test_mse")]
+        assert test_steps == ([4] if child.data.tags["wcrnn.status"] == "finished" else []), child.data.tags
     assert statuses <= {"finished", "stopped_early"} and "finished" in statuses
 
 
@@ -631,6 +634,7 @@ def test_report_command_writes_table_and_figures(quickstart):
     for row in report["table"]:  # epochs trained: all 4 when finished, fewer when ASHA stopped the trial
         trained = max(m.step for m in client.get_metric_history(row["run_id"], "val_mse"))
         assert row["epochs"] == trained and (trained == 4) == (row["status"] == "finished"), row
+        assert ("test_mse" in row) == (row["status"] == "finished"), row
 
     # The table as people read it: one line per trial, whole even through a pipe, no library chatter.
     lines = sweep(workdir, "report", "quickstart", "--out", "myreport").stderr.splitlines()

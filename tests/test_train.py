@@ -458,8 +458,18 @@ def test_callback_returning_true_stops_the_run(tmp_path):
     assert saved and load_checkpoint(saved[0])["epoch"] == 2
 
 
-def test_finished_run_reports_test_metrics():
-    result = train(tiny_adding(epochs=1, evaluate_test=True))
+def test_finished_run_reports_test_metrics_with_its_last_epoch():
+    seen = []
+    result = train(tiny_adding(epochs=2, evaluate_test=True), callback=lambda metrics, save: seen.append(dict(metrics)))
     assert result.status == "finished"
     assert set(result.test) == {"test_loss", "test_mse"}
-    assert result.to_dict()["epochs"] == 1 and result.to_dict()["final"] == result.history[-1]
+    # the callback (a sweep's trial reporting to Tune and MLflow) hears them with the last epoch only
+    assert not any(key.startswith("test_") for key in seen[0])
+    assert {key: seen[1][key] for key in result.test} == result.test
+    model = result.model
+    task = build_task(validate_run_config(tiny_adding()).task)
+    assert evaluate(model, task, task.test, torch.device("cpu"), 256)["mse"] == pytest.approx(result.test["test_mse"])
+    assert result.to_dict()["epochs"] == 2 and result.to_dict()["final"] == result.history[-1]
+    without = []
+    assert train(tiny_adding(epochs=2), callback=lambda metrics, save: without.append(metrics)).test == {}
+    assert not any(key.startswith("test_") for metrics in without for key in metrics)

@@ -55,7 +55,7 @@ class TrainingConfig(_Strict):
     step_factor: float = Field(0.5, gt=0, le=1, description="lr_schedule=step: decay factor.")
     seed: int = Field(0, description="Seeds model initialisation, batching and Lyapunov tangents.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available.")
-    evaluate_test: bool = Field(True, description="Report test metrics after the last epoch.")
+    evaluate_test: bool = Field(True, description="Evaluate the test set after the last epoch; its test_* metrics go with that epoch's (in a sweep: with the trial's last report, to MLflow).")
     lyapunov: LyapunovSettings = Field(default_factory=LyapunovSettings)
 
 

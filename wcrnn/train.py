@@ -142,7 +142,10 @@ def train(config: RunConfig | dict, *, callback: EpochCallback | None = None,
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "rng": rng_state(), "history": history})
 
-    status = "finished"
+    def test_metrics() -> dict:
+        return {f"test_{k}": v for k, v in evaluate(model, task, task.test, device, training.eval_batch_size).items()}
+
+    status, test = "finished", {}
     for epoch in range(start_epoch, training.epochs + 1):
         started = time.perf_counter()
         metrics = train_one_epoch(model, task, optimizer, training, epoch, device)
@@ -158,6 +161,10 @@ def train(config: RunConfig | dict, *, callback: EpochCallback | None = None,
             metrics.update(measure_lyapunov(model, task, config, device))
         metrics["lr"] = optimizer.param_groups[0]["lr"]
         metrics["epoch_time"] = time.perf_counter() - started
+        if status != "diverged" and epoch == training.epochs and training.evaluate_test:
+            # with the last epoch's metrics, so that they reach the callback: a sweep's trial reports them
+            test = test_metrics()
+            metrics.update(test)
         if scheduler is not None:
             scheduler.step()
         history.append(metrics)
@@ -170,9 +177,8 @@ def train(config: RunConfig | dict, *, callback: EpochCallback | None = None,
             status = "stopped"
             break
 
-    test = {}
-    if status == "finished" and training.evaluate_test:
-        test = {f"test_{k}": v for k, v in evaluate(model, task, task.test, device, training.eval_batch_size).items()}
+    if status == "finished" and training.evaluate_test and not test:  # resumed after its last epoch
+        test = test_metrics()
     return TrainResult(status, history, test, model)
 
 

@@ -65,7 +65,7 @@ def _finish(result, as_json: bool):
         table.add_row("MLflow run", result.best["run_id"])
         for key, value in result.best["params"].items():
             table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
-        for key in ("val_loss", "val_accuracy", "val_mse", "max_lyapunov"):
+        for key in ("val_loss", "val_accuracy", "val_mse", "test_accuracy", "test_mse", "max_lyapunov"):
             if key in result.best["metrics"]:
                 table.add_row(key, f"{result.best['metrics'][key]:.4g}")
         err.print(table)

@@ -32,7 +32,8 @@ class TrialRecord:
     def row(self) -> dict:
         return {"trial_id": self.trial_id, "run_id": self.run_id, "status": self.status,
                 "objective": self.objective, **self.params,
-                **{k: self.metrics.get(k) for k in ("max_lyapunov", "mean_lyapunov")}, "epochs": self.epochs}
+                **{k: self.metrics.get(k) for k in ("max_lyapunov", "mean_lyapunov")},
+                **{k: v for k, v in sorted(self.metrics.items()) if k.startswith("test_")}, "epochs": self.epochs}
 
 
 @dataclass
