@@ -17,13 +17,18 @@ from typing import List, Optional
 import typer
 from pydantic import ValidationError
 
-from .console import err, print_json, run_guarded
+from .console import err, exit_without_final_collection, print_json, run_guarded
 from .errors import ConfigError, config_error
 
 app = typer.Typer(
     help="Weakly coupled residual RNNs: training, Lyapunov spectra and memory sweeps.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _every_command() -> None:
+    exit_without_final_collection()
 SET_HELP = "Override a field, e.g. --set model.r=0.95 --set training.epochs=3 (repeatable)."
 
 
