@@ -288,26 +288,67 @@ def sweep_row(spec_fields: dict, address: str | None = None, logical_gpus: int |
         finally:
             ray.shutdown()
         trial_runs = client.search_runs([result.experiment_id], "tags.`wcrnn.role` = 'trial'")
+    return timed_sweep(spec, RUNNING if address else EMBEDDED, started_at, wall, result.to_dict(), trial_runs)
+
+
+COMMAND_LINE = "embedded, `wcrnn sweep run`: a new process, from its launch to its exit"
+
+
+def command_line_sweep_row(spec_fields: dict) -> dict:
+    """The sweep as people run it: `wcrnn sweep run` in a new process, timed from its launch until it
+    has exited, so that its imports, Ray's shutdown and the interpreter's exit count too (the other
+    embedded rows time `run_sweep` in this process, which has imported PyTorch and wcrnn already)."""
+    import yaml
+    from mlflow import MlflowClient
+
+    from wcrnn.sweep import SweepSpec
+
+    spec = SweepSpec.model_validate(spec_fields)
+    with tempfile.TemporaryDirectory(prefix="wcrnn-bench-") as folder:
+        uri = f"sqlite:///{folder}/mlflow.db"
+        client = MlflowClient(uri)
+        client.search_experiments()  # as in sweep_row
+        spec_file, output = Path(folder) / "spec.yaml", Path(folder) / "output"
+        spec_file.write_text(yaml.safe_dump(spec_fields))
+        command = [str(Path(sys.executable).with_name("wcrnn")), "sweep", "run", str(spec_file), "--json",
+                   "--tracking-uri", uri, "--storage", f"{folder}/runs", "--report-dir", f"{folder}/report"]
+        environment = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+        # files, not pipes: Ray's processes inherit the command's output and can hold a pipe open after it exits
+        with (output.with_suffix(".json")).open("w") as stdout, output.with_suffix(".log").open("w") as stderr:
+            started_at = time.time()
+            start = time.perf_counter()
+            code = subprocess.run(command, cwd=folder, stdout=stdout, stderr=stderr, env=environment).returncode
+            wall = time.perf_counter() - start
+        if code != 0:
+            raise RuntimeError(f"wcrnn sweep run exited {code}: {output.with_suffix('.log').read_text()[-2000:]}")
+        result = json.loads(output.with_suffix(".json").read_text())
+        trial_runs = client.search_runs([result["experiment_id"]], "tags.`wcrnn.role` = 'trial'")
+    return timed_sweep(spec, COMMAND_LINE, started_at, wall, result, trial_runs)
+
+
+def timed_sweep(spec, ray: str, started_at: float, wall: float, result: dict, trial_runs: list) -> dict:
+    """A sweep's row: `result` is its SweepResult as a dict, `trial_runs` its trials' MLflow runs."""
     ends = sorted(run.info.end_time / 1000 - started_at for run in trial_runs)
     # the tracking thread opens and closes the trials' runs in the order Tune starts and ends them
     intervals = [(run.info.start_time / 1000, run.info.end_time / 1000) for run in trial_runs]
     first_trial = min(run.info.start_time for run in trial_runs) / 1000 - started_at
     concurrency = min(spec.resources.max_concurrent, spec.budget.num_trials)
-    ideal = result.trial_seconds / concurrency  # perfect packing of the trials on the workers
-    return {"ray": RUNNING if address else EMBEDDED, "trials": spec.budget.num_trials, "concurrency": concurrency,
-            "num_train": spec_fields["task"]["num_train"], "epochs": spec.budget.max_epochs,
-            "wall_seconds": wall, "trial_seconds_total": result.trial_seconds,
-            "mean_trial_seconds": result.trial_seconds / spec.budget.num_trials,
+    trial_seconds = result["trial_seconds"]
+    ideal = trial_seconds / concurrency  # perfect packing of the trials on the workers
+    mlflow_seconds = result["tracking_seconds"] - result["rendering_seconds"]
+    return {"ray": ray, "trials": spec.budget.num_trials, "concurrency": concurrency,
+            "num_train": spec.task["num_train"], "epochs": spec.budget.max_epochs,
+            "wall_seconds": wall, "trial_seconds_total": trial_seconds,
+            "mean_trial_seconds": trial_seconds / spec.budget.num_trials,
             "overhead_share_of_wall": 1 - ideal / wall,
             "startup_seconds": first_trial, "finish_seconds": wall - ends[-1],
             "steady_overhead_share_of_wall": 1 - ideal / (ends[-1] - first_trial),
             # how long the last trial ran alone while the other workers had nothing left to do
             "last_trial_alone_seconds": ends[-1] - ends[-2] if len(ends) > 1 else 0.0,
             "most_trials_at_once": most_at_once(intervals),
-            "mlflow_seconds": result.tracking_seconds - result.rendering_seconds,
-            "mlflow_share_of_trial_time": (result.tracking_seconds - result.rendering_seconds) / result.trial_seconds,
-            "rendering_seconds": result.rendering_seconds,
-            "rendering_share_of_trial_time": result.rendering_seconds / result.trial_seconds}
+            "mlflow_seconds": mlflow_seconds, "mlflow_share_of_trial_time": mlflow_seconds / trial_seconds,
+            "rendering_seconds": result["rendering_seconds"],
+            "rendering_share_of_trial_time": result["rendering_seconds"] / trial_seconds}
 
 
 @contextmanager
@@ -341,9 +382,11 @@ def running_local_ray(cpus: int):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def sweep_rows(spec_fields: dict, repeats: int, target_trial_seconds: float | None = None) -> list[dict]:
+def sweep_rows(spec_fields: dict, repeats: int, command_line_repeats: int,
+               target_trial_seconds: float | None = None) -> list[dict]:
     """The embedded sweep `repeats` times (start-up varies by seconds from run to run on a shared
-    machine), then once against a running local Ray, as its second sweep: the raylet prestarts
+    machine), as `wcrnn sweep run` in a new process `command_line_repeats` times,
+    then once against a running local Ray, as its second sweep: the raylet prestarts
     workers with the trial modules imported once, when it starts, so a sweep right after
     `ray start` finds them ready where later sweeps do not. The first sweep, not reported, runs as
     many small trials at once as the measured one, to take every prestarted worker.
@@ -352,6 +395,7 @@ def sweep_rows(spec_fields: dict, repeats: int, target_trial_seconds: float | No
     trials of exactly that length: the trials, sized before the sweeps, run seconds longer or
     shorter in them on a shared machine, and longer trials make the same fixed seconds look smaller."""
     rows = [sweep_row(spec_fields) for _ in range(repeats)]
+    rows += [command_line_sweep_row(spec_fields) for _ in range(command_line_repeats)]
     with running_local_ray(os.cpu_count() or 1) as address:
         first = copy.deepcopy(spec_fields)
         first["budget"] = {"num_trials": spec_fields["resources"]["max_concurrent"], "max_epochs": 1}
@@ -455,7 +499,9 @@ def markdown(results: dict) -> str:
                   f"{rows[0]['num_train']} adding-problem sequences: the size whose trials, timed {rows[0]['concurrency']} "
                   "at a time before the sweeps, take about 20 s. The first embedded sweep also imports the sweep's "
                   "libraries (Ray Tune, MLflow, Optuna, the report's), as every `wcrnn sweep run` process does; the "
-                  "later ones run in the same process and find them imported. The running Ray's row is its second "
+                  "later ones run in the same process and find them imported. The `wcrnn sweep run` rows are the "
+                  "sweep as people run it, in a new process timed from its launch until it has exited: its own "
+                  "imports (PyTorch included), Ray's shutdown and the interpreter's exit count too. The running Ray's row is its second "
                   "sweep (a sweep of small trials, as many at once, ran first): its raylet prestarts workers with the "
                   "trial modules imported once, when it starts.", "",
                   "Overhead = 1 − (Σ trial time / concurrency) / wall time; startup = until the first trial started "
@@ -477,12 +523,17 @@ def markdown(results: dict) -> str:
                          + (f"| {100 * row['overhead_share_with_target_trials']:.1f}% " if target else "")
                          + f"| {100 * row['steady_overhead_share_of_wall']:.1f}% "
                          f"| {100 * row['mlflow_share_of_trial_time']:.2f}% | {100 * row['rendering_share_of_trial_time']:.2f}% |")
-        def median(key: str) -> float:  # of the embedded rows; the upper one of an even count
-            return 100 * statistics.median_high(row[key] for row in embedded)
+        def median(key: str, kind: list[dict]) -> float:  # the upper one of an even count
+            return 100 * statistics.median_high(row[key] for row in kind)
 
-        lines += ["", f"Embedded Ray, median overhead of {len(embedded)} runs: {median('overhead_share_of_wall'):.1f}%"
-                      + (f"; with {target:g}-s trials: {median('overhead_share_with_target_trials'):.1f}%" if target else "")
-                      + "."]
+        lines.append("")
+        for label, kind in (("Embedded Ray, in this process", embedded),
+                            ("`wcrnn sweep run`, launch to exit", [row for row in rows if row["ray"] == COMMAND_LINE])):
+            if kind:
+                lines.append(f"{label}, median overhead of {len(kind)} runs: {median('overhead_share_of_wall', kind):.1f}%"
+                             + (f"; with {target:g}-s trials: {median('overhead_share_with_target_trials', kind):.1f}%"
+                                if target else "") + ".  ")
+        lines[-1] = lines[-1].rstrip()
         if results.get("worker_import_seconds"):
             lines += ["", f"A trial worker's imports (Ray Tune, PyTorch, the trainable), timed alone in a fresh process on "
                           f"the idle machine: {results['worker_import_seconds']:.1f} s. Each of the first workers pays them "
@@ -549,7 +600,8 @@ def main(
         fields = (sweep_spec(2, 1, 256, 20, 8) if smoke else
                   sweep_spec(8, 4, calibrated_num_train(trial_seconds, 4, 200, 64, concurrency=2), 200, 64))
         results["worker_import_seconds"] = worker_import_seconds(1 if smoke else 3)
-        results["sweep"] = sweep_rows(fields, repeats=1 if smoke else 5, target_trial_seconds=None if smoke else trial_seconds)
+        results["sweep"] = sweep_rows(fields, repeats=1 if smoke else 5, command_line_repeats=1 if smoke else 2,
+                                      target_trial_seconds=None if smoke else trial_seconds)
     gpus = torch.cuda.device_count()
     if "gpu" in sections and (gpus or smoke):
         print("trials per GPU ...", flush=True)

@@ -47,10 +47,10 @@ def test_smoke_benchmark_measures_every_section_and_writes_json_and_markdown(tmp
     every_step = [row for row in results["lyapunov"] if row["ons_interval"] == 1]
     assert all(row["qr_decompositions"] == row["steps"] for row in every_step)
 
-    # the sweep once on an embedded Ray, once on a running local Ray (`ray start --head`, its second
-    # sweep) that is stopped after
-    assert [sweep["ray"].split()[0] for sweep in results["sweep"]] == ["embedded", "running"]
-    assert "second sweep" in results["sweep"][1]["ray"]
+    # the sweep once on an embedded Ray in this process, once as `wcrnn sweep run` in a new process
+    # (timed to its exit), once on a running local Ray (`ray start --head`, its second sweep) stopped after
+    assert [sweep["ray"].split()[0] for sweep in results["sweep"]] == ["embedded", "embedded,", "running"]
+    assert "wcrnn sweep run" in results["sweep"][1]["ray"] and "second sweep" in results["sweep"][2]["ray"]
     for sweep in results["sweep"]:
         assert sweep["trials"] == 2 and sweep["trial_seconds_total"] > 0
         # the trials ran inside the sweep, so the sweep took at least their packed time
@@ -60,7 +60,7 @@ def test_smoke_benchmark_measures_every_section_and_writes_json_and_markdown(tmp
     # the embedded Ray's preloaded workers take both trials at once; on the running Ray a later sweep's
     # workers start when Tune asks for them, and a smoke trial may end before the second one is ready
     assert results["sweep"][0]["most_trials_at_once"] == results["sweep"][0]["concurrency"]
-    assert 1 <= results["sweep"][1]["most_trials_at_once"] <= results["sweep"][1]["concurrency"]
+    assert 1 <= results["sweep"][2]["most_trials_at_once"] <= results["sweep"][2]["concurrency"]
     # the start-up's floor: one worker's imports, timed alone in a fresh process
     assert 0 < results["worker_import_seconds"] < results["sweep"][0]["wall_seconds"]
 
@@ -78,6 +78,7 @@ def test_smoke_benchmark_measures_every_section_and_writes_json_and_markdown(tmp
     table = (tmp_path / "benchmark.md").read_text()
     assert "× nn.RNN" in table and "Lyapunov spectrum" in table and "Sweep orchestration" in table
     assert "Denormal floats" in table
+    assert "`wcrnn sweep run`, launch to exit, median overhead of 1 runs" in table
     assert "Trials per GPU" in table
     assert "A trial worker's imports" in table
     assert results["date"] in table
