@@ -7,7 +7,6 @@ override; the driver reads the checkpoints back from there to put them into MLfl
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -16,14 +15,9 @@ import pytest
 import yaml
 from moto.server import ThreadedMotoServer
 from mlflow import MlflowClient
+from support import free_port
 
 from wcrnn.checkpoint import load_checkpoint
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
