@@ -31,7 +31,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-## Benchmarks (13-20 minutes on 2 cores): writes benchmarks/results/benchmark.{json,md}; not part of the tests.
+## Benchmarks (16-24 minutes on 2 cores): writes benchmarks/results/benchmark.{json,md}; not part of the tests.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 

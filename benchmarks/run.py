@@ -1,6 +1,6 @@
 """wcrnn benchmarks: one run, everything side by side, written as JSON and a markdown table.
 
-    make bench                                   (full: 13-20 minutes on 2 cores)
+    make bench                                   (full: 16-24 minutes on 2 cores)
     .venv/bin/python benchmarks/run.py --smoke   (tiny sizes; CI runs this to keep it working)
 
 What is measured (each against a baseline measured in the same run, on the same machine):
@@ -13,9 +13,11 @@ What is measured (each against a baseline measured in the same run, on the same 
    and with a QR every step, and accuracy on the linear-residual check (exponents = log r).
 3. Sweep orchestration: wall time of a real sweep (Ray Tune + Optuna + MLflow; 8 trials sized
    to about 20 s each on this machine, 2 at a time) against the sum of its trials' own run
-   times, and MLflow's share of trial time: five times on an embedded Ray (its start-up varies
-   by seconds from run to run on a shared machine; the median is the result), and once against
-   a local Ray head kept running between sweeps (`ray start --head`). Each row also gives the
+   times, and MLflow's share of trial time: five times on an embedded Ray in this process (its
+   start-up varies by seconds from run to run on a shared machine; the median is the result),
+   twice as `wcrnn sweep run` in a new process, timed from its launch until it has exited (the
+   sweep as people run it: its imports, Ray's shutdown and the exit count too), and once
+   against a local Ray head kept running between sweeps (`ray start --head`). Each row also gives the
    overhead with trials of exactly 20 s (the trials run longer or shorter in the sweeps than
    when they were sized), and one trial worker's imports are timed alone: the start-up's floor.
 4. On a GPU, when there is one: the training step against cuDNN's nn.RNN, and trials per GPU
