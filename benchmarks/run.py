@@ -316,7 +316,7 @@ def command_line_sweep_row(spec_fields: dict) -> dict:
                    "--tracking-uri", uri, "--storage", f"{folder}/runs", "--report-dir", f"{folder}/report"]
         environment = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
         # files, not pipes: Ray's processes inherit the command's output and can hold a pipe open after it exits
-        with (output.with_suffix(".json")).open("w") as stdout, output.with_suffix(".log").open("w") as stderr:
+        with output.with_suffix(".json").open("w") as stdout, output.with_suffix(".log").open("w") as stderr:
             started_at = time.time()
             start = time.perf_counter()
             code = subprocess.run(command, cwd=folder, stdout=stdout, stderr=stderr, env=environment).returncode
@@ -528,14 +528,12 @@ def markdown(results: dict) -> str:
         def median(key: str, kind: list[dict]) -> float:  # the upper one of an even count
             return 100 * statistics.median_high(row[key] for row in kind)
 
-        lines.append("")
-        for label, kind in (("Embedded Ray, in this process", embedded),
-                            ("`wcrnn sweep run`, launch to exit", [row for row in rows if row["ray"] == COMMAND_LINE])):
-            if kind:
-                lines.append(f"{label}, median overhead of {len(kind)} runs: {median('overhead_share_of_wall', kind):.1f}%"
-                             + (f"; with {target:g}-s trials: {median('overhead_share_with_target_trials', kind):.1f}%"
-                                if target else "") + ".  ")
-        lines[-1] = lines[-1].rstrip()
+        medians = [f"{label}, median overhead of {len(kind)} runs: {median('overhead_share_of_wall', kind):.1f}%"
+                   + (f"; with {target:g}-s trials: {median('overhead_share_with_target_trials', kind):.1f}%" if target else "")
+                   + "." for label, kind in (("Embedded Ray, in this process", embedded),
+                                             ("`wcrnn sweep run`, launch to exit",
+                                              [row for row in rows if row["ray"] == COMMAND_LINE])) if kind]
+        lines += ["", "  \n".join(medians)]  # a markdown line break between them
         if results.get("worker_import_seconds"):
             lines += ["", f"A trial worker's imports (Ray Tune, PyTorch, the trainable), timed alone in a fresh process on "
                           f"the idle machine: {results['worker_import_seconds']:.1f} s. Each of the first workers pays them "

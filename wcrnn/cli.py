@@ -29,6 +29,8 @@ app = typer.Typer(
 @app.callback()
 def _every_command() -> None:
     exit_without_final_collection()
+
+
 SET_HELP = "Override a field, e.g. --set model.r=0.95 --set training.epochs=3 (repeatable)."
 
 

@@ -40,8 +40,6 @@ def print_json(data) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=float) + "\n")
 
 
-
-
 def exit_without_final_collection() -> None:
     """Make this process skip the interpreter's last garbage collections when it exits.
 
