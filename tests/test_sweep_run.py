@@ -121,6 +121,39 @@ client.log_metric(run.info.run_id, "val_mse", 0.25)
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
+def test_the_command_line_stops_ray_when_the_sweep_is_over_unless_workers_logs_are_shown():
+    # Ray's own exit handler sleeps half a second first, so that workers' last log lines print;
+    # a sweep command stops Ray itself (its result, or its error, intact) unless they are shown.
+    script = """
+import os, ray, typer
+from wcrnn.errors import ConfigError
+from wcrnn.sweep.commands import _run_sweep_command
+
+def bad_spec():
+    raise ConfigError("budget.num_trials: must be at least 1")
+
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+print("result:", _run_sweep_command(lambda: ray.get(ray.remote(lambda: 41).remote()) + 1))
+print("running after a sweep:", ray.is_initialized())
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+try:
+    _run_sweep_command(bad_spec)
+except typer.Exit as exit:
+    print("exit code:", exit.exit_code)
+print("running after an error:", ray.is_initialized())
+os.environ["WCRNN_RAY_LOGS"] = "1"
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=True)
+_run_sweep_command(lambda: None)
+print("running with logs shown:", ray.is_initialized())
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == ["result: 42", "running after a sweep: False", "exit code: 2",
+                                        "running after an error: False", "running with logs shown: True"]
+    assert "budget.num_trials: must be at least 1" in done.stderr
+
+
 def test_write_ahead_log_creates_no_database_and_leaves_servers_alone(tmp_path):
     from wcrnn.sweep.tracking import use_write_ahead_log
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-
+import os
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -47,6 +48,17 @@ def _run_sweep_command(action):
     except SweepInterrupted as interrupted:
         err.print(f"[yellow]interrupted:[/] {interrupted}", highlight=False)
         raise typer.Exit(130)
+    finally:
+        _shut_down_ray()
+
+
+def _shut_down_ray() -> None:
+    """Stop (or leave) Ray as soon as the sweep is over. Ray's own exit handler would do it later,
+    after sleeping half a second so that its workers' last log lines reach the terminal, which they
+    only do with WCRNN_RAY_LOGS set."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized() and not os.environ.get("WCRNN_RAY_LOGS"):
+        ray.shutdown()
 
 
 def _finish(result, as_json: bool):
