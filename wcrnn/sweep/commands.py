@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -56,8 +55,10 @@ def _shut_down_ray() -> None:
     """Stop (or leave) Ray as soon as the sweep is over. Ray's own exit handler would do it later,
     after sleeping half a second so that its workers' last log lines reach the terminal, which they
     only do with WCRNN_RAY_LOGS set."""
+    from .runner import workers_logs_shown
+
     ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized() and not os.environ.get("WCRNN_RAY_LOGS"):
+    if ray is not None and ray.is_initialized() and not workers_logs_shown():
         ray.shutdown()
 
 

@@ -176,6 +176,11 @@ def adjust_trial_runtime_environment() -> None:
     class_cache.DEFAULT_ENV_VARS.clear()
 
 
+def workers_logs_shown() -> bool:
+    """WCRNN_RAY_LOGS=1: the trial workers' output goes to the driver's terminal (Ray's log monitor)."""
+    return bool(os.environ.get("WCRNN_RAY_LOGS"))
+
+
 def init_ray(address: str | None) -> str:
     """Connect to a cluster (`auto`, `ray://…`, `HOST:PORT`) or start Ray in-process."""
     import ray
@@ -183,7 +188,7 @@ def init_ray(address: str | None) -> str:
     if ray.is_initialized():
         return ray.get_runtime_context().gcs_address or "local"
     quiet_environment()
-    logs_to_driver = bool(os.environ.get("WCRNN_RAY_LOGS"))
+    logs_to_driver = workers_logs_shown()
     kwargs = dict(logging_level=logging.WARNING, log_to_driver=logs_to_driver)
     try:
         if address:
