@@ -71,6 +71,7 @@ def test_quickstart_leaves_a_parent_run_and_one_child_per_trial(quickstart):
         epochs = [m.step for m in client.get_metric_history(child.info.run_id, "val_mse")]
         assert child.data.tags["wcrnn.last_epoch"] == str(max(epochs)) and max(epochs) > 1
         assert child.data.tags["wcrnn.node_ip"] and child.data.tags["wcrnn.node_id"]
+        assert child.data.tags["wcrnn.device"] == "cpu"  # no GPU asked for
     parent_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert "spec.yaml" in parent_files
@@ -225,12 +226,14 @@ def test_the_node_tags_are_logged_with_the_first_epoch_and_again_only_when_the_t
     callback, calls = _tracked(tmp_path, monkeypatch)
     trial = _Trial("t1", tmp_path)
     for epoch, node in [(1, "a"), (2, "a"), (3, "b")]:
-        callback.on_trial_result(0, [], trial, {"epoch": epoch, "val_mse": 1 / epoch, "node_ip": f"10.0.0.{node}", "node_id": node})
+        callback.on_trial_result(0, [], trial, {"epoch": epoch, "val_mse": 1 / epoch, "node_ip": f"10.0.0.{node}",
+                                                "node_id": node, "device": f"cuda (GPU {node})"})
     callback.close()
     epochs = [tags for method, tags in calls if method == "log_batch" and "wcrnn.last_epoch" in tags]
-    assert [bool(tags & {"wcrnn.node_ip", "wcrnn.node_id"}) for tags in epochs] == [True, False, True]
+    assert [bool(tags & {"wcrnn.node_ip", "wcrnn.node_id", "wcrnn.device"}) for tags in epochs] == [True, False, True]
     run = MlflowClient(callback.uri).get_run(callback.run_ids["t1"])
     assert run.data.tags["wcrnn.node_id"] == "b" and run.data.tags["wcrnn.node_ip"] == "10.0.0.b"
+    assert run.data.tags["wcrnn.device"] == "cuda (GPU b)"
     assert run.data.tags["wcrnn.last_epoch"] == "3"
 
 

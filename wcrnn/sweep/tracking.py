@@ -41,7 +41,7 @@ STATUS_TAG = "wcrnn.status"
 TRIAL_TAG = "wcrnn.trial_id"
 SWEEP_TAG = "wcrnn.sweep"
 LAST_EPOCH_TAG = "wcrnn.last_epoch"
-NODE_TAGS = ("wcrnn.node_ip", "wcrnn.node_id")
+NODE_TAGS = ("wcrnn.node_ip", "wcrnn.node_id", "wcrnn.device")  # where the trial trains
 _NOT_METRICS = set(AUTO_RESULT_KEYS) | {"done", "epoch", "status", "should_checkpoint", "checkpoint_dir_name",
                                         "iterations_since_restore", "time_since_restore", "experiment_tag"}
 
@@ -64,7 +64,7 @@ def epoch_record(result: dict, at: float | None = None) -> tuple[int, list, list
                if name not in _NOT_METRICS and isinstance(value, (int, float)) and not isinstance(value, bool)
                and math.isfinite(value)]
     tags = [RunTag(NODE_TAGS[0], str(result.get("node_ip", ""))), RunTag(LAST_EPOCH_TAG, str(step)),
-            RunTag(NODE_TAGS[1], str(result.get("node_id", "")))]
+            RunTag(NODE_TAGS[1], str(result.get("node_id", ""))), RunTag(NODE_TAGS[2], str(result.get("device", "")))]
     if result.get("status") == "diverged":
         tags.append(RunTag(STATUS_TAG, "diverged"))
     return step, metrics, tags

@@ -63,10 +63,11 @@ def wcrnn_trial(config: dict, spec_json: str, task) -> None:
     node_id = _node_id()
     gpu_assigned = bool(_assigned_gpus())
     settings.training.device = "cuda" if gpu_assigned and torch.cuda.is_available() else "cpu"
+    device = f"cuda ({torch.cuda.get_device_name()})" if settings.training.device == "cuda" else "cpu"
 
     def report(metrics: dict, save) -> bool:
         nonlocal notice
-        values = {**tune_metrics(metrics, spec), "node_id": node_id}
+        values = {**tune_metrics(metrics, spec), "node_id": node_id, "device": device}
         if notice:
             values["checkpoint_notice"], notice = notice, None
         if metrics.get("status") == DIVERGED:
