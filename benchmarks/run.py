@@ -162,19 +162,19 @@ def denormal_rows(hidden_size, steps, batch, repeats) -> list[dict]:
     return rows
 
 
-def lyapunov_rows(hidden_size, steps, sequences, repeats) -> list[dict]:
+def lyapunov_rows(hidden_size, steps, sequences, repeats, device="cpu") -> list[dict]:
     rows = []
-    inputs = torch.rand(sequences, steps, 1, generator=torch.Generator().manual_seed(0))
+    inputs = torch.rand(sequences, steps, 1, generator=torch.Generator().manual_seed(0)).to(device)
     r = 0.95
     for residual, fields in (("homogeneous", {"r": r}), ("rotational", {"r": r, "phi0": 0.224})):
         model = build_model({"name": "wcrnn", "hidden_size": hidden_size, "gamma": 1e-3, "residual": residual,
-                             **fields}, 1, 1, seed=0)
+                             **fields}, 1, 1, seed=0).to(device)
         for interval in ("auto", 1):
             spectra = []
             seconds = best_time(lambda: spectra.append(lyapunov_spectrum(model.core, inputs, warmup=0,
                                                                          ons_interval=interval)), repeats)
             spectrum = spectra[-1]
-            rows.append({"hidden_size": hidden_size, "steps": steps, "sequences": sequences, "residual": residual,
+            rows.append({"device": device, "hidden_size": hidden_size, "steps": steps, "sequences": sequences, "residual": residual,
                          "ons_interval": interval, "seconds": seconds, "qr_decompositions": spectrum.orthonormalisations,
                          "max_error_vs_log_r": max(abs(e - math.log(r)) for e in spectrum.exponents)})
     return rows
@@ -336,6 +336,8 @@ def timed_sweep(spec, ray: str, started_at: float, wall: float, result: dict, tr
     first_trial = min(run.info.start_time for run in trial_runs) / 1000 - started_at
     concurrency = min(spec.resources.max_concurrent, spec.budget.num_trials)
     trial_seconds = result["trial_seconds"]
+    if not trial_seconds:
+        raise RuntimeError(f"no trial of the {ray} sweep trained (trials by status: {result['counts']}): Ray Tune's log says why")
     ideal = trial_seconds / concurrency  # perfect packing of the trials on the workers
     mlflow_seconds = result["tracking_seconds"] - result["rendering_seconds"]
     return {"ray": ray, "trials": spec.budget.num_trials, "concurrency": concurrency,
@@ -350,7 +352,8 @@ def timed_sweep(spec, ray: str, started_at: float, wall: float, result: dict, tr
             "most_trials_at_once": most_at_once(intervals),
             "mlflow_seconds": mlflow_seconds, "mlflow_share_of_trial_time": mlflow_seconds / trial_seconds,
             "rendering_seconds": result["rendering_seconds"],
-            "rendering_share_of_trial_time": result["rendering_seconds"] / trial_seconds}
+            "rendering_share_of_trial_time": result["rendering_seconds"] / trial_seconds,
+            "devices": sorted({run.data.tags.get("wcrnn.device", "") for run in trial_runs})}
 
 
 @contextmanager
@@ -486,10 +489,10 @@ def markdown(results: dict) -> str:
         first = results["lyapunov"][0]
         lines += [f"**Lyapunov spectrum**, full ({first['hidden_size']} exponents), T = {first['steps']}, "
                   f"{first['sequences']} sequences, γ = 1e-3, r = 0.95 (theory: every exponent = log r).", "",
-                  "| residual | ons_interval | QR decompositions | seconds | max abs error vs log r |",
-                  "|---|---|---|---|---|"]
+                  "| device | residual | ons_interval | QR decompositions | seconds | max abs error vs log r |",
+                  "|---|---|---|---|---|---|"]
         for row in results["lyapunov"]:
-            lines.append(f"| {row['residual']} | {row['ons_interval']} | {row['qr_decompositions']} | "
+            lines.append(f"| {row.get('device', 'cpu')} | {row['residual']} | {row['ons_interval']} | {row['qr_decompositions']} | "
                          f"{row['seconds']:.2f} | {row['max_error_vs_log_r']:.1e} |")
         lines.append("")
     if results.get("sweep"):
@@ -542,7 +545,8 @@ def markdown(results: dict) -> str:
     if results.get("gpu_packing"):
         rows = results["gpu_packing"]
         where = (f"{rows[0]['gpus']} logical GPU(s) that Ray schedules but that do not exist: the trials trained on "
-                 "the CPU, so only the scheduling is checked" if rows[0]["logical_gpus"] else f"{rows[0]['gpus']} GPU(s)")
+                 "the CPU, so only the scheduling is checked" if rows[0]["logical_gpus"] else
+                 f"{rows[0]['gpus']} GPU(s); the trials trained on {', '.join(rows[0]['devices'])}")
         lines += [f"**Trials per GPU** (fractional resources, {where}): {rows[0]['trials']} trials of {rows[0]['epochs']} "
                   f"epoch(s) on {rows[0]['num_train']} adding-problem sequences, each asking for 1/k of a GPU. Trials "
                   "per hour between the first trial's start and the last one's end.", "",
@@ -566,6 +570,8 @@ def main(
     smoke: bool = typer.Option(False, help="Tiny sizes: checks the benchmark works, measures nothing meaningful."),
     output: Path = typer.Option(RESULTS, help="Folder for benchmark.json and benchmark.md."),
     only: Optional[str] = typer.Option(None, help="Comma-separated sections: recurrence, denormals, lyapunov, sweep, gpu."),
+    devices: Optional[str] = typer.Option(None, help="Comma-separated devices for the training step and the Lyapunov "
+                                          "spectrum: cpu, cuda. Default: cpu, and cuda when there is a GPU."),
 ):
     """Run the benchmarks and write benchmark.json and benchmark.md."""
     reuse_freed_memory()
@@ -575,10 +581,14 @@ def main(
     if unknown:
         raise typer.BadParameter(f"unknown section(s) {sorted(unknown)}: use recurrence, denormals, lyapunov, sweep, gpu",
                                  param_hint="--only")
-    command = "make bench" if not smoke and only is None else "python benchmarks/run.py" + (" --smoke" if smoke else "") + (f" --only {only}" if only else "")
+    command = ("make bench" if not smoke and only is None and devices is None else "python benchmarks/run.py"
+               + (" --smoke" if smoke else "") + (f" --only {only}" if only else "") + (f" --devices {devices}" if devices else ""))
     results = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "command": command, "smoke": smoke,
                "machine": machine(), "peak_matmul_gflops": peak_matmul_flops("cpu") / 1e9}
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = devices.split(",") if devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if set(devices) - {"cpu", "cuda"} or ("cuda" in devices and not torch.cuda.is_available()):
+        raise typer.BadParameter(f"{','.join(devices)}: use cpu, and cuda only where PyTorch sees a GPU",
+                                 param_hint="--devices")
     if "recurrence" in sections:
         print("training step ...", flush=True)
         results["recurrence"] = []
@@ -592,7 +602,8 @@ def main(
         results["denormals"] = denormal_rows(16, 100, 8, 1) if smoke else denormal_rows(128, 784, 64, 3)
     if "lyapunov" in sections:
         print("Lyapunov spectrum ...", flush=True)
-        results["lyapunov"] = lyapunov_rows(16, 100, 4, 1) if smoke else lyapunov_rows(128, 784, 32, 2)
+        results["lyapunov"] = [row for device in devices for row in
+                               (lyapunov_rows(16, 100, 4, 1, device) if smoke else lyapunov_rows(128, 784, 32, 2, device))]
     if "sweep" in sections:
         print("sweep overhead ...", flush=True)
         # The target's sweep: 8 trials of about 20 s each (4 epochs), 2 at a time on 2 cores.

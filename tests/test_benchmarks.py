@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -71,6 +73,8 @@ def test_smoke_benchmark_measures_every_section_and_writes_json_and_markdown(tmp
     for row in packing:
         assert row["most_trials_at_once"] == min(row["trials"], row["trials_per_gpu"] * row["gpus"]), row
         assert row["trials_per_hour"] > 0
+        # where the trials trained, from their MLflow tags: the GPU if it is real, else the CPU
+        assert row["devices"] == ([f"cuda ({torch.cuda.get_device_name()})"] if torch.cuda.is_available() else ["cpu"])
     assert packing[0]["throughput_vs_one_per_gpu"] == 1.0
     left = [path.parent.name for path in Path("/proc").glob("[0-9]*/cmdline") if b"wcrnn-bench-ray-" in read(path)]
     assert left == [], "the benchmark's own Ray head was left running"

@@ -39,20 +39,23 @@ def test_fast_recurrence_equals_the_reference_loop_values_and_gradients(residual
     assert_fast_path_equals_reference(core_for(residual, nonlinearity, heads).double(), state_size=16)
 
 
-def assert_fast_path_equals_reference(core, state_size):
-    """float64: values, initial-state and parameter gradients, every output step weighted."""
+def assert_fast_path_equals_reference(core, state_size, device="cpu"):
+    """float64: values, initial-state and parameter gradients, every output step weighted; the fast
+    path on `device` (tests/test_cuda.py passes "cuda"), the reference loop on the CPU."""
     generator = torch.Generator().manual_seed(1)
     inputs = torch.randn(5, 30, 3, generator=generator, dtype=torch.float64)
     initial_state = torch.randn(5, state_size, generator=generator, dtype=torch.float64)
     output_weights = torch.randn(5, 30, state_size, generator=generator, dtype=torch.float64)
-    fast = values_and_gradients(core, core.forward, inputs, initial_state, output_weights)
     reference = values_and_gradients(core, core.reference_forward, inputs, initial_state, output_weights)
-    torch.testing.assert_close(fast[0], reference[0], rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(fast[1], reference[1], rtol=1e-10, atol=1e-12)
+    core.to(device)
+    fast = values_and_gradients(core, core.forward, inputs.to(device), initial_state.to(device), output_weights.to(device))
+    assert fast[0].device.type == device
+    torch.testing.assert_close(fast[0].cpu(), reference[0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fast[1].cpu(), reference[1], rtol=1e-10, atol=1e-12)
     assert fast[2].keys() == reference[2].keys()
     for name in fast[2]:
         assert fast[2][name].abs().sum() > 0, f"{name} got no gradient"
-        torch.testing.assert_close(fast[2][name], reference[2][name], rtol=1e-9, atol=1e-11, msg=name)
+        torch.testing.assert_close(fast[2][name].cpu(), reference[2][name], rtol=1e-9, atol=1e-11, msg=name)
 
 
 @pytest.mark.parametrize("residual", ["homogeneous", "rotational", "heterogeneous_angles"])
@@ -158,3 +161,54 @@ def test_gradcheck_of_the_dense_linear_recurrence():
                                             ).requires_grad_()  # noqa: E731
     transition = real_input(3, 3, scale=0.5)
     assert torch.autograd.gradcheck(dense_linear_recurrence, (transition, real_input(7, 2, 3), real_input(2, 3)))
+
+
+FUSED_KERNELS_AGAINST_THE_LOOPS = """
+import torch
+from wcrnn.models.fused_recurrence import fused_backward, fused_forward
+from wcrnn.models.recurrence import _backward_through_time, _forward_through_time
+
+generator = torch.Generator().manual_seed(0)
+random = lambda *shape: torch.randn(*shape, generator=generator)
+for kind in ("diagonal", "rotation", "tanh"):
+    for nonlinearity in ("tanh", "relu"):
+        # a batch that is not a multiple of the kernel's 16 rows, sizes that are not a power of two
+        for steps, batch, size in ((7, 5, 6), (12, 20, 16), (9, 3, 40)):
+            driven, coupling, initial_state = random(steps, batch, size), random(size, size) / size**0.5, random(batch, size)
+            if kind == "rotation":
+                coefficients = torch.polar(0.5 + 0.5 * torch.rand(size // 2, generator=generator), random(size // 2))
+            else:
+                coefficients = 0.5 + 0.5 * torch.rand(size, generator=generator)
+            grad_states, gamma = random(steps, batch, size), 0.3
+            results = []
+            for fused in (False, True):
+                states, activations = torch.empty(steps + 1, batch, size), torch.empty(steps, batch, size)
+                states[0] = initial_state
+                if fused:
+                    fused_forward(driven, coupling, coefficients, kind, nonlinearity, gamma, states, activations)
+                    total, grad_pre, grad_initial = torch.empty_like(activations), torch.empty_like(activations), torch.empty(batch, size)
+                    fused_backward(grad_states, coupling, coefficients, kind, nonlinearity, gamma, states, activations,
+                                   total, grad_pre, grad_initial)
+                else:
+                    _forward_through_time(driven, coupling.t().contiguous(), gamma, coefficients, kind, nonlinearity,
+                                          states, activations)
+                    total, grad_pre, grad_initial, _ = _backward_through_time(
+                        grad_states, coupling, torch.tensor(gamma), coefficients, kind, nonlinearity, states[:-1], activations)
+                results.append((states, activations, total, grad_pre, grad_initial))
+            for name, loop, kernel in zip(("states", "activations", "g", "delta", "grad_initial"), *results):
+                torch.testing.assert_close(kernel, loop, rtol=1e-5, atol=1e-5, msg=f"{kind} {nonlinearity} {steps, batch, size} {name}")
+print("fused kernels agree")
+"""
+
+
+def test_the_gpu_kernels_compute_what_the_loops_compute_in_tritons_interpreter():
+    """The Triton kernels that replace the loops on a GPU, run on the CPU by Triton's interpreter
+    (CI has no GPU; tests/test_cuda.py runs them compiled where there is one)."""
+    pytest.importorskip("triton")
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", FUSED_KERNELS_AGAINST_THE_LOOPS], capture_output=True, text=True,
+                          env={**os.environ, "TRITON_INTERPRET": "1"}, timeout=600)
+    assert done.returncode == 0 and "fused kernels agree" in done.stdout, done.stderr[-3000:]

@@ -13,7 +13,9 @@ buffers, and the backward loop does only what feeds back from step to step:
 
 Everything else (∂L/∂W = Σ_t δ_t h_{t-1}ᵀ, ∂L/∂d = δ, ∂L/∂γ and the residual's parameters)
 is one large matmul or reduction after the loop. `WCRNN.reference_forward` is the plain
-autograd loop this is tested against, values and gradients.
+autograd loop this is tested against, values and gradients. On a GPU, where each of those small
+operations costs a kernel launch, the two loops run as one Triton kernel each instead
+(fused_recurrence.py); the buffers and the work after the loops are shared.
 
 The residual must be element-wise (`ResidualCoefficients`); every residual in residuals.py is.
 The linear recurrences at the end (complex diagonal: LRU and complex diagonal RNN; dense: the
@@ -28,6 +30,7 @@ from typing import Literal
 import torch
 
 from ..memory import reuse_freed_memory
+from .fused_recurrence import fused_backward, fused_forward, fused_recurrence_available
 
 
 @dataclass
@@ -64,29 +67,15 @@ class _Recurrence(torch.autograd.Function):
         reuse_freed_memory()
         steps, batch, size = driven.shape
         keep_activations = any(ctx.needs_input_grad)
-        coupling_t = coupling.t().contiguous()
         gamma_value = float(gamma)
         # states[0] = h_0, so states[:-1] are the h_{t-1} the backward pass needs, without a copy.
         states = driven.new_empty(steps + 1, batch, size)
         states[0] = initial_state
         activations = driven.new_empty(steps if keep_activations else 1, batch, size)  # σ(p_t)
-        scratch = driven.new_empty(batch, size) if kind == "tanh" else None
-        states_as_pairs = _as_pairs(states) if kind == "rotation" else None
-        for t in range(steps):
-            a_t = activations[t if keep_activations else 0]
-            h_previous, h_t = states[t], states[t + 1]
-            torch.addmm(driven[t], h_previous, coupling_t, out=a_t)
-            if nonlinearity == "tanh":
-                a_t.tanh_()
-            else:
-                a_t.clamp_(min=0)
-            if kind == "diagonal":
-                torch.mul(h_previous, coefficients, out=h_t)
-            elif kind == "rotation":
-                torch.mul(states_as_pairs[t], coefficients, out=states_as_pairs[t + 1])
-            else:
-                torch.mul(torch.tanh(h_previous, out=scratch), coefficients, out=h_t)
-            h_t.add_(a_t, alpha=gamma_value)
+        # a GPU: the whole loop in one kernel launch
+        if not (fused_recurrence_available(driven) and
+                fused_forward(driven, coupling, coefficients, kind, nonlinearity, gamma_value, states, activations)):
+            _forward_through_time(driven, coupling.t().contiguous(), gamma_value, coefficients, kind, nonlinearity, states, activations)
         if keep_activations:
             ctx.save_for_backward(coupling, gamma, coefficients, states, activations)
         ctx.kind, ctx.nonlinearity = kind, nonlinearity
@@ -98,33 +87,16 @@ class _Recurrence(torch.autograd.Function):
         kind = ctx.kind
         steps, batch, size = activations.shape
         previous = states[:-1]  # h_0 .. h_{T-1}
-        # δ_t = γ σ'(p_t) ⊙ g_t: fill the buffer with γ σ'(p_t) for all t at once, multiply by g_t in the loop.
-        grad_pre = torch.mul(activations, activations) if ctx.nonlinearity == "tanh" else (activations > 0).to(activations.dtype)
-        if ctx.nonlinearity == "tanh":
-            grad_pre.neg_().add_(1)
-        grad_pre.mul_(gamma)
-        if kind == "tanh":
-            saturated = torch.tanh(previous)
-            residual_slope = (1 - saturated * saturated) * coefficients  # diagonal of R'(h_{t-1})
-        else:
-            conjugate = coefficients.conj()  # Rᵀ for a diagonal or a rotation
-        total = torch.empty_like(activations)  # g_t, every path
-        total[-1] = grad_states[-1]
-        total_as_pairs = _as_pairs(total) if kind == "rotation" else None
-        carry = torch.empty(batch, size, dtype=total.dtype, device=total.device)
-        carry_as_pairs = _as_pairs(carry) if kind == "rotation" else None
-        for t in range(steps - 1, -1, -1):
-            g_t = total[t]
-            grad_pre[t].mul_(g_t)
-            if kind == "diagonal":
-                torch.mul(g_t, conjugate, out=carry)
-            elif kind == "rotation":
-                torch.mul(total_as_pairs[t], conjugate, out=carry_as_pairs)
-            else:
-                torch.mul(g_t, residual_slope[t], out=carry)
-            carry.addmm_(grad_pre[t], coupling)
-            if t > 0:
-                torch.add(grad_states[t - 1], carry, out=total[t - 1])
+        fused = fused_recurrence_available(activations)  # a GPU: the whole loop in one kernel launch
+        if fused:
+            total, grad_pre, carry = (torch.empty_like(activations), torch.empty_like(activations),
+                                      activations.new_empty(batch, size))
+            fused = fused_backward(grad_states, coupling, coefficients, kind, ctx.nonlinearity, float(gamma), states,
+                                   activations, total, grad_pre, carry)
+            saturated = torch.tanh(previous) if kind == "tanh" else None
+        if not fused:
+            total, grad_pre, carry, saturated = _backward_through_time(
+                grad_states, coupling, gamma, coefficients, kind, ctx.nonlinearity, previous, activations)
 
         needs = ctx.needs_input_grad
         grad_coupling = grad_pre.reshape(-1, size).t() @ previous.reshape(-1, size) if needs[1] else None
@@ -134,10 +106,67 @@ class _Recurrence(torch.autograd.Function):
             if kind == "diagonal":
                 grad_coefficients = (total * previous).sum((0, 1))
             elif kind == "rotation":
-                grad_coefficients = (total_as_pairs * _as_pairs(previous).conj()).sum((0, 1))
+                grad_coefficients = (_as_pairs(total) * _as_pairs(previous).conj()).sum((0, 1))
             else:
                 grad_coefficients = (total * saturated).sum((0, 1))
         return grad_pre, grad_coupling, carry, grad_gamma, grad_coefficients, None, None
+
+
+def _forward_through_time(driven, coupling_t, gamma_value, coefficients, kind, nonlinearity, states, activations):
+    """The forward loop on the CPU: a few in-place operations per step into preallocated buffers."""
+    steps, batch, size = driven.shape
+    keep_activations = activations.shape[0] == steps
+    scratch = driven.new_empty(batch, size) if kind == "tanh" else None
+    states_as_pairs = _as_pairs(states) if kind == "rotation" else None
+    for t in range(steps):
+        a_t = activations[t if keep_activations else 0]
+        h_previous, h_t = states[t], states[t + 1]
+        torch.addmm(driven[t], h_previous, coupling_t, out=a_t)
+        if nonlinearity == "tanh":
+            a_t.tanh_()
+        else:
+            a_t.clamp_(min=0)
+        if kind == "diagonal":
+            torch.mul(h_previous, coefficients, out=h_t)
+        elif kind == "rotation":
+            torch.mul(states_as_pairs[t], coefficients, out=states_as_pairs[t + 1])
+        else:
+            torch.mul(torch.tanh(h_previous, out=scratch), coefficients, out=h_t)
+        h_t.add_(a_t, alpha=gamma_value)
+
+
+def _backward_through_time(grad_states, coupling, gamma, coefficients, kind, nonlinearity, previous, activations):
+    """The backward loop on the CPU: (g_t for all t, δ_t for all t, ∂L/∂h_0, tanh(h_{t-1}) for the tanh residual)."""
+    steps, batch, size = activations.shape
+    # δ_t = γ σ'(p_t) ⊙ g_t: fill the buffer with γ σ'(p_t) for all t at once, multiply by g_t in the loop.
+    grad_pre = torch.mul(activations, activations) if nonlinearity == "tanh" else (activations > 0).to(activations.dtype)
+    if nonlinearity == "tanh":
+        grad_pre.neg_().add_(1)
+    grad_pre.mul_(gamma)
+    saturated = None
+    if kind == "tanh":
+        saturated = torch.tanh(previous)
+        residual_slope = (1 - saturated * saturated) * coefficients  # diagonal of R'(h_{t-1})
+    else:
+        conjugate = coefficients.conj()  # Rᵀ for a diagonal or a rotation
+    total = torch.empty_like(activations)  # g_t, every path
+    total[-1] = grad_states[-1]
+    total_as_pairs = _as_pairs(total) if kind == "rotation" else None
+    carry = torch.empty(batch, size, dtype=total.dtype, device=total.device)
+    carry_as_pairs = _as_pairs(carry) if kind == "rotation" else None
+    for t in range(steps - 1, -1, -1):
+        g_t = total[t]
+        grad_pre[t].mul_(g_t)
+        if kind == "diagonal":
+            torch.mul(g_t, conjugate, out=carry)
+        elif kind == "rotation":
+            torch.mul(total_as_pairs[t], conjugate, out=carry_as_pairs)
+        else:
+            torch.mul(g_t, residual_slope[t], out=carry)
+        carry.addmm_(grad_pre[t], coupling)
+        if t > 0:
+            torch.add(grad_states[t - 1], carry, out=total[t - 1])
+    return total, grad_pre, carry, saturated
 
 
 def diagonal_linear_recurrence(eigenvalues: torch.Tensor, drive: torch.Tensor,
