@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv run demo test bench clean
+.PHONY: venv run demo test bench bench-gpu clean
 
 venv: $(STAMP)
 
@@ -34,6 +34,12 @@ test: $(STAMP)
 ## Benchmarks (16-24 minutes on 2 cores): writes benchmarks/results/benchmark.{json,md}; not part of the tests.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+## On a machine with a GPU (a few minutes): the CUDA tests, then the training step, the Lyapunov spectrum
+## and trials per GPU on it, without the CPU rows: writes benchmarks/results/gpu/benchmark.{json,md}.
+bench-gpu: $(STAMP)
+	$(BIN)/python -m pytest tests/test_cuda.py
+	$(BIN)/python benchmarks/run.py --only recurrence,lyapunov,gpu --devices cuda --output benchmarks/results/gpu
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -60,6 +60,7 @@ import typer
 
 from wcrnn.dynamics import lyapunov_spectrum
 from wcrnn.memory import reuse_freed_memory
+from wcrnn.models.fused_recurrence import launches as fused_launches
 from wcrnn.models import build_core, build_model
 
 RESULTS = Path(__file__).parent / "results"
@@ -114,17 +115,22 @@ def recurrence_rows(hidden_sizes, steps, batch, heads_list, repeats, device, wit
         baseline = torch.nn.RNN(1, n, batch_first=True).to(device)
         baseline_s = best_time(training_step(lambda x: baseline(x)[0], baseline.parameters(), inputs), repeats)
 
-        def add(model: str, residual: str, heads, seconds: float):
+        def add(model: str, residual: str, heads, seconds: float, passes: str = ""):
             rows.append({"device": device, "hidden_size": n, "steps": steps, "batch": batch, "model": model,
-                         "residual": residual, "heads": heads, "seconds": seconds,
-                         "ratio_to_nn_rnn": seconds / baseline_s, "ratio_to_matmul_bound": seconds / lower_bound})
+                         "residual": residual, "heads": heads, "seconds": seconds, "fused_passes": passes,
+                         "ratio_to_nn_rnn": seconds / baseline_s, "ratio_to_matmul_bound": seconds / lower_bound,
+                         "peak_matmul_gflops": peak / 1e9})
 
         add("torch.nn.RNN (tanh)", "", "", baseline_s)
         cases = [(name, 1) for name in RESIDUALS] + [("rotational", h) for h in heads_list if h > 1 and n % h == 0]
         for residual, heads in cases:
             core = build_core({"name": "wcrnn", "hidden_size": n, "gamma": 0.1, "heads": heads,
                                **RESIDUALS[residual]}, 1).to(device)
-            add("wcrnn", residual, heads, best_time(training_step(core, core.parameters(), inputs), repeats))
+            before = dict(fused_launches)
+            seconds = best_time(training_step(core, core.parameters(), inputs), repeats)
+            # which passes ran as one GPU kernel (fused_recurrence.py), and which as the loops
+            fused = [direction for direction in ("forward", "backward") if fused_launches[direction] > before[direction]]
+            add("wcrnn", residual, heads, seconds, "+".join(fused) or "loops")
         lru = build_core({"name": "lru", "hidden_size": n}, 1).to(device)
         add("lru", "", "", best_time(training_step(lru, lru.parameters(), inputs), repeats))
         linear = build_core({"name": "linear", "hidden_size": n}, 1).to(device)  # dense: no tanh, one matmul per step
@@ -466,14 +472,17 @@ def markdown(results: dict) -> str:
              f"`{results['command']}`.", ""]
     if results.get("recurrence"):
         first = results["recurrence"][0]
+        peaks = {row["device"]: row.get("peak_matmul_gflops", results["peak_matmul_gflops"]) for row in results["recurrence"]}
+        on_gpu = "cuda" in peaks  # then say which WCRNN passes ran as one kernel (fused) and which as the loops
         lines += [f"**Training step** (forward + backward), T = {first['steps']}, batch {first['batch']}; "
-                  "ratio < 1 is faster than torch.nn.RNN. Matmul bound: 6·B·N²·T flops at this machine's peak "
-                  f"matmul rate ({results['peak_matmul_gflops']:.0f} GFLOP/s).", "",
-                  "| device | N | model | residual | heads | seconds | × nn.RNN | × matmul bound |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "ratio < 1 is faster than torch.nn.RNN. Matmul bound: 6·B·N²·T flops at the device's peak "
+                  "matmul rate (" + ", ".join(f"{device} {gflops:.0f} GFLOP/s" for device, gflops in peaks.items()) + ").",
+                  "", "| device | N | model | residual | heads | seconds | × nn.RNN | × matmul bound |"
+                  + (" GPU kernels |" if on_gpu else ""), "|---|---|---|---|---|---|---|---|" + ("---|" if on_gpu else "")]
         for row in results["recurrence"]:
             lines.append(f"| {row['device']} | {row['hidden_size']} | {row['model']} | {row['residual']} | {row['heads']} "
-                         f"| {row['seconds']:.3f} | {row['ratio_to_nn_rnn']:.2f} | {row['ratio_to_matmul_bound']:.1f} |")
+                         f"| {row['seconds']:.3f} | {row['ratio_to_nn_rnn']:.2f} | {row['ratio_to_matmul_bound']:.1f} |"
+                         + (f" {row.get('fused_passes', '') if row['device'] == 'cuda' else ''} |" if on_gpu else ""))
         lines.append("")
     if results.get("denormals"):
         first = results["denormals"][0]

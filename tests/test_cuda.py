@@ -13,6 +13,7 @@ from test_recurrence import RESIDUALS, assert_fast_path_equals_reference, core_f
 from wcrnn.checkpoint import load_checkpoint
 from wcrnn.dynamics import lyapunov_spectrum
 from wcrnn.models import build_core, build_model
+from wcrnn.models import fused_recurrence
 from wcrnn.models.fused_recurrence import fused_forward
 from wcrnn.train import train
 
@@ -81,6 +82,16 @@ def test_the_fused_kernels_and_the_loops_agree_at_the_benchmarks_size(monkeypatc
     torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=1e-4 * results[1][0].abs().max().item())
     for fused_grad, loop_grad in zip(results[0][1], results[1][1]):
         torch.testing.assert_close(fused_grad, loop_grad, rtol=0, atol=1e-4 * loop_grad.abs().max().item())
+
+
+@pytest.mark.parametrize("name", ["lru", "complex_diagonal"])
+def test_the_fused_complex_diagonal_kernels_in_float32_match_the_reference_loop(name):
+    launched = dict(fused_recurrence.launches)
+    torch.manual_seed(0)
+    core = build_core({"name": name, "hidden_size": 64, "r_min": 0.9, "r_max": 0.999}, 3)
+    float32_on_cuda_against_float64_on_cpu(core)
+    assert fused_recurrence.launches["forward"] > launched["forward"], "complex64 on a GPU must take the kernels"
+    assert fused_recurrence.launches["backward"] > launched["backward"]
 
 
 @pytest.mark.parametrize("name", ["lru", "complex_diagonal", "linear"])

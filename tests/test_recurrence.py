@@ -197,13 +197,34 @@ for kind in ("diagonal", "rotation", "tanh"):
                 results.append((states, activations, total, grad_pre, grad_initial))
             for name, loop, kernel in zip(("states", "activations", "g", "delta", "grad_initial"), *results):
                 torch.testing.assert_close(kernel, loop, rtol=1e-5, atol=1e-5, msg=f"{kind} {nonlinearity} {steps, batch, size} {name}")
+
+# the LRU's and the complex diagonal RNN's recurrence, through its autograd Function, as on a GPU
+from wcrnn.models import fused_recurrence, recurrence
+
+complex_random = lambda *shape: torch.complex(random(*shape), random(*shape))
+for steps, batch, size in ((7, 5, 6), (30, 20, 300)):  # 6000 (sequence, unit) pairs: 24 programs of 256
+    eigenvalues = torch.polar(0.5 + 0.5 * torch.rand(size, generator=generator), random(size)).requires_grad_()
+    drive, initial_state = complex_random(steps, batch, size).requires_grad_(), complex_random(batch, size).requires_grad_()
+    output_weights = complex_random(steps, batch, size)
+    results = []
+    for fused in (False, True):
+        recurrence.fused_diagonal_available = lambda tensor, fused=fused: fused
+        launched = dict(fused_recurrence.launches)
+        states = recurrence.diagonal_linear_recurrence(eigenvalues, drive, initial_state)
+        gradients = torch.autograd.grad((states * output_weights).real.sum(), (eigenvalues, drive, initial_state))
+        assert (fused_recurrence.launches["forward"] > launched["forward"]) == fused
+        assert (fused_recurrence.launches["backward"] > launched["backward"]) == fused
+        results.append((states.detach(), *gradients))
+    for name, loop, kernel in zip(("states", "eigenvalues", "drive", "initial_state"), *results):
+        torch.testing.assert_close(kernel, loop, rtol=1e-5, atol=1e-4, msg=f"complex diagonal {steps, batch, size} {name}")
 print("fused kernels agree")
 """
 
 
 def test_the_gpu_kernels_compute_what_the_loops_compute_in_tritons_interpreter():
-    """The Triton kernels that replace the loops on a GPU, run on the CPU by Triton's interpreter
-    (CI has no GPU; tests/test_cuda.py runs them compiled where there is one)."""
+    """The Triton kernels that replace the loops on a GPU (the WCRNN's, and the LRU's and complex
+    diagonal RNN's), run on the CPU by Triton's interpreter (CI has no GPU; tests/test_cuda.py
+    runs them compiled where there is one)."""
     pytest.importorskip("triton")
     import os
     import subprocess
@@ -212,3 +233,37 @@ def test_the_gpu_kernels_compute_what_the_loops_compute_in_tritons_interpreter()
     done = subprocess.run([sys.executable, "-c", FUSED_KERNELS_AGAINST_THE_LOOPS], capture_output=True, text=True,
                           env={**os.environ, "TRITON_INTERPRET": "1"}, timeout=600)
     assert done.returncode == 0 and "fused kernels agree" in done.stdout, done.stderr[-3000:]
+
+
+def test_a_gpu_that_refuses_the_fused_kernels_gets_the_loops_and_one_warning_per_pass(monkeypatch):
+    """As on the H200 at 128 units with a rotation: the launch fails for lack of shared memory before it runs."""
+    import warnings
+
+    pytest.importorskip("triton")
+    from triton.runtime.errors import OutOfResources
+
+    from wcrnn.models import fused_recurrence, recurrence
+
+    class Refused:
+        def __getitem__(self, grid):
+            def launch(*arguments, **constants):
+                raise OutOfResources(270336, 232448, "shared memory")
+            return launch
+
+    monkeypatch.setattr(fused_recurrence, "_forward_kernel", Refused())
+    monkeypatch.setattr(fused_recurrence, "_backward_kernel", Refused())
+    monkeypatch.setattr(fused_recurrence, "_refused", set())
+    monkeypatch.setattr(recurrence, "fused_recurrence_available", lambda tensor: True)  # as if on a GPU
+    core = core_for("rotational").double()
+    inputs = torch.randn(4, 25, 3, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="shared memory") as caught:
+        core(inputs).square().sum().backward()
+    assert sorted(str(w.message).split(" pass ")[0].rsplit(" ", 1)[1] for w in caught) == ["backward", "forward"]
+    fast_grads = [p.grad.clone() for p in core.parameters()]
+    core.zero_grad()
+    core.reference_forward(inputs).square().sum().backward()
+    for fast, reference in zip(fast_grads, [p.grad for p in core.parameters()]):
+        torch.testing.assert_close(fast, reference, rtol=1e-9, atol=1e-11)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # refused once: not tried, nor warned about, again
+        core(inputs).square().sum().backward()

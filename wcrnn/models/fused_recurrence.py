@@ -1,4 +1,4 @@
-"""The WCRNN recurrence on a GPU: the loop over time inside one Triton kernel per pass.
+"""The recurrences on a GPU: the loop over time inside one Triton kernel per pass.
 
     forward   p_t = W h_{t-1} + d_t,   a_t = σ(p_t),   h_t = R(h_{t-1}) + γ · a_t
     backward  g_t = ∂L/∂h_t (output) + c_t,   δ_t = γ · σ'(p_t) ⊙ g_t,   c_{t-1} = R'(h_{t-1})ᵀ g_t + Wᵀ δ_t
@@ -12,12 +12,18 @@ the results are the loops' up to rounding; the tests compare both with the autog
 Row-vector states, as in recurrence.py: W h is h @ Wᵀ. R is element-wise for the diagonal and
 tanh residuals; a rotation, 2 × 2 blocks on pairs of units, is passed as its dense matrix Rᵀ.
 Only float32 CUDA tensors of at most MAX_SIZE units take this path (`fused_recurrence_available`);
-the hand-written loops serve everything else, and any launch the GPU refuses for lack of memory. Set WCRNN_FUSED_RECURRENCE=0 to use the loops on a GPU too.
+the hand-written loops serve everything else, and any launch the GPU refuses (for lack of shared
+memory, say), with a warning. Set WCRNN_FUSED_RECURRENCE=0 to use the loops on a GPU too.
+
+The LRU's and the complex diagonal RNN's h_t = λ ⊙ h_{t-1} + u_t (g_t = ∂L/∂h_t + conj(λ) g_{t+1}
+backward) is element-wise: its kernels give each program BLOCK_ELEMENTS (sequence, unit) pairs,
+complex64 as interleaved float32, and need no shared memory.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
@@ -25,16 +31,17 @@ try:
     import triton
     import triton.language as tl
     from triton.language.extra import libdevice
-    from triton.runtime.errors import OutOfResources
 except ImportError:  # PyTorch's CPU-only wheels come without Triton
     triton = None
 
 KINDS = {"diagonal": 0, "rotation": 1, "tanh": 2}
 BLOCK_B = 16  # batch rows per program: tl.dot's smallest tile
-# W (and a rotation's R) is read whole at every step and staged in shared memory: 128 × 128 float32
-# matrices fit (64 KB each; an H200 has 227 KB per block), 256 × 256 ones (256 KB) do not.
+BLOCK_ELEMENTS = 256  # (sequence, unit) pairs per program of the element-wise complex diagonal recurrence
+# W (and a rotation's R) is read whole at every step and staged in shared memory: a 256 × 256
+# float32 W alone (256 KB) is more than the 227 KB an H200 gives a block.
 MAX_SIZE = 128
-_too_large: set = set()  # launches a GPU refused for lack of shared memory; the loops serve them
+_refused: set = set()  # launches a GPU refused (each is warned about once); the loops serve them
+launches = {"forward": 0, "backward": 0}  # passes run fused so far in this process (the benchmark records them)
 
 
 def fused_recurrence_available(driven: torch.Tensor) -> bool:
@@ -42,28 +49,40 @@ def fused_recurrence_available(driven: torch.Tensor) -> bool:
             and driven.shape[-1] <= MAX_SIZE and os.environ.get("WCRNN_FUSED_RECURRENCE", "1") != "0")
 
 
-def _launch(kernel, key, size: int, batch: int, *arguments, **constants) -> bool:
-    """Launch one program per BLOCK_B rows of the batch; False (nothing written) if the GPU lacks the shared memory."""
-    block_n = max(16, triton.next_power_of_2(size))
-    key = (key, block_n, torch.cuda.current_device() if torch.cuda.is_available() else None)
-    if key in _too_large:
-        return False
-    try:
-        kernel[(triton.cdiv(batch, BLOCK_B),)](
-            *arguments, BLOCK_B=BLOCK_B, BLOCK_N=block_n, num_warps=4 if block_n <= 64 else 8,
-            num_stages=1,  # W is the same at every step: prefetching the next step's copy would only double it
-            EXACT_TANH=os.environ.get("TRITON_INTERPRET") != "1", **constants)  # the interpreter lacks libdevice
-    except OutOfResources:
-        _too_large.add(key)
-        return False
-    return True
-
-
 def rotation_matrix_transposed(coefficients: torch.Tensor) -> torch.Tensor:
     """Rᵀ (N, N) for R acting on pairs z_k = h_2k + i·h_2k+1 as z_k ↦ c_k z_k: h @ Rᵀ = R(h)."""
     re, im = coefficients.real, coefficients.imag
-    blocks = torch.stack([torch.stack([re, im], -1), torch.stack([-im, re], -1)], -2)  # (N/2, 2, 2), each [[re, im], [-im, re]]
-    return torch.block_diag(*blocks)
+    blocks = torch.stack([re, im, -im, re], -1).unflatten(-1, (2, 2))  # (N/2, 2, 2), each [[re, im], [-im, re]]
+    pairs = blocks.shape[0]
+    matrix = blocks.new_zeros(pairs, 2, pairs, 2)
+    diagonal = torch.arange(pairs, device=blocks.device)
+    matrix[diagonal, :, diagonal, :] = blocks  # one indexed copy, not a kernel per block as torch.block_diag would launch
+    return matrix.reshape(2 * pairs, 2 * pairs)
+
+
+def _launch(kernel, grid: tuple, key: tuple, what: str, *arguments, **options) -> bool:
+    """Launch `kernel` once; False (nothing written) if the GPU refused it. key = (direction, ...) names the
+    launch for the refusals and the counts; `what` names it in the warning."""
+    key = (*key, torch.cuda.current_device() if torch.cuda.is_available() else None)
+    if key in _refused:
+        return False
+    try:
+        kernel[grid](*arguments, **options)
+    except Exception as error:  # refused before it ran: shared memory, or a Triton or GPU it does not compile for
+        _refused.add(key)
+        reason = (str(error).strip().splitlines() or [""])[0]
+        warnings.warn(f"wcrnn: the fused GPU recurrence could not run ({type(error).__name__}: {reason}); its "
+                      f"{what} uses the loops instead: the same results, slower", RuntimeWarning, stacklevel=4)
+        return False
+    launches[key[0]] += 1
+    return True
+
+
+def _wcrnn_options(size: int) -> dict:
+    block_n = max(16, triton.next_power_of_2(size))
+    return {"BLOCK_B": BLOCK_B, "BLOCK_N": block_n, "num_warps": 4 if block_n <= 64 else 8,
+            "num_stages": 1,  # W is the same at every step: prefetching the next step's copy would only double it
+            "EXACT_TANH": os.environ.get("TRITON_INTERPRET") != "1"}  # the interpreter lacks libdevice
 
 
 def fused_forward(driven, coupling, coefficients, kind, nonlinearity, gamma, states, activations) -> bool:
@@ -71,10 +90,12 @@ def fused_forward(driven, coupling, coefficients, kind, nonlinearity, gamma, sta
     False if the GPU could not run it (then nothing was written)."""
     steps, batch, size = driven.shape
     residual = rotation_matrix_transposed(coefficients) if kind == "rotation" else coefficients
-    return _launch(_forward_kernel, ("forward", kind), size, batch,
+    options = _wcrnn_options(size)
+    return _launch(_forward_kernel, (triton.cdiv(batch, BLOCK_B),), ("forward", kind, options["BLOCK_N"]),
+                   f"forward pass for the {kind} residual at {size} units",
                    driven, coupling.t().contiguous(), residual.detach().contiguous(), states, activations, gamma,
                    steps, batch, size, KIND=KINDS[kind], RELU=nonlinearity == "relu",
-                   STORE_ACTIVATIONS=activations.shape[0] == steps)
+                   STORE_ACTIVATIONS=activations.shape[0] == steps, **options)
 
 
 def fused_backward(grad_states, coupling, coefficients, kind, nonlinearity, gamma, states, activations,
@@ -83,10 +104,41 @@ def fused_backward(grad_states, coupling, coefficients, kind, nonlinearity, gamm
     steps, batch, size = activations.shape
     # the transpose of the step's linear parts: g @ R for a rotation, δ @ W for the coupling
     residual = rotation_matrix_transposed(coefficients).t() if kind == "rotation" else coefficients
-    return _launch(_backward_kernel, ("backward", kind), size, batch,
+    options = _wcrnn_options(size)
+    return _launch(_backward_kernel, (triton.cdiv(batch, BLOCK_B),), ("backward", kind, options["BLOCK_N"]),
+                   f"backward pass for the {kind} residual at {size} units",
                    grad_states.contiguous(), coupling.contiguous(), residual.detach().contiguous(), states,
                    activations, total, grad_pre, grad_initial, gamma, steps, batch, size,
-                   KIND=KINDS[kind], RELU=nonlinearity == "relu")
+                   KIND=KINDS[kind], RELU=nonlinearity == "relu", **options)
+
+
+def fused_diagonal_available(drive: torch.Tensor) -> bool:
+    return (triton is not None and drive.is_cuda and drive.dtype == torch.complex64
+            and os.environ.get("WCRNN_FUSED_RECURRENCE", "1") != "0")
+
+
+def fused_diagonal_forward(eigenvalues, drive, states) -> bool:
+    """The LRU's and the complex diagonal RNN's h_t = λ ⊙ h_{t-1} + u_t: fill states[1:] from states[0] = h_0.
+    Element-wise, so each program takes BLOCK_ELEMENTS (sequence, unit) pairs through all the steps."""
+    steps, batch, size = drive.shape
+    return _launch(_diagonal_forward_kernel, (triton.cdiv(batch * size, BLOCK_ELEMENTS),), ("forward", "complex diagonal"),
+                   "forward pass of the complex diagonal recurrence",
+                   _as_floats(eigenvalues), _as_floats(drive), torch.view_as_real(states), steps, batch * size, size,
+                   BLOCK=BLOCK_ELEMENTS)
+
+
+def fused_diagonal_backward(eigenvalues, grad_states, total) -> bool:
+    """total[t] = g_t = ∂L/∂h_t + conj(λ) ⊙ g_{t+1}, for every t."""
+    steps, batch, size = total.shape
+    return _launch(_diagonal_backward_kernel, (triton.cdiv(batch * size, BLOCK_ELEMENTS),), ("backward", "complex diagonal"),
+                   "backward pass of the complex diagonal recurrence",
+                   _as_floats(eigenvalues), _as_floats(grad_states), torch.view_as_real(total), steps, batch * size, size,
+                   BLOCK=BLOCK_ELEMENTS)
+
+
+def _as_floats(values: torch.Tensor) -> torch.Tensor:
+    """complex64 (...) as float32 (..., 2) [re, im] pairs, contiguous: what the kernels index."""
+    return torch.view_as_real(values.detach().resolve_conj().contiguous())
 
 
 if triton is not None:
@@ -147,7 +199,7 @@ if triton is not None:
         step_elements = batch * size
         scale = tl.load(residual_ptr + units, mask=units < size, other=0.0)[None, :]
         # walk from the last step back; states[t] is h_{t-1} of step t (states[0] = h_0)
-        last = (steps - 1) * step_elements
+        last = (steps - 1).to(tl.int64) * step_elements  # past 2³¹ elements for long, wide batches
         grad_states_ptr += last
         activations_ptr += last
         total_ptr += last
@@ -179,3 +231,51 @@ if triton is not None:
             grad_pre_ptr -= step_elements
             states_ptr -= step_elements
         tl.store(grad_initial_ptr + tile, carry, mask=in_batch)
+
+
+    @triton.jit
+    def _diagonal_forward_kernel(eigenvalues_ptr, drive_ptr, states_ptr, steps, elements, size, BLOCK: tl.constexpr):
+        pairs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # flat (sequence, unit) indices of one step
+        inside = pairs < elements
+        unit = pairs % size
+        re, im = 2 * pairs, 2 * pairs + 1  # complex64 as interleaved float32
+        eigenvalue_re = tl.load(eigenvalues_ptr + 2 * unit, mask=inside, other=0.0)
+        eigenvalue_im = tl.load(eigenvalues_ptr + 2 * unit + 1, mask=inside, other=0.0)
+        h_re = tl.load(states_ptr + re, mask=inside, other=0.0)
+        h_im = tl.load(states_ptr + im, mask=inside, other=0.0)
+        step_floats = 2 * elements
+        for _ in range(steps):
+            drive_re = tl.load(drive_ptr + re, mask=inside, other=0.0)
+            drive_im = tl.load(drive_ptr + im, mask=inside, other=0.0)
+            next_re = eigenvalue_re * h_re - eigenvalue_im * h_im + drive_re
+            h_im = eigenvalue_re * h_im + eigenvalue_im * h_re + drive_im
+            h_re = next_re
+            states_ptr += step_floats
+            tl.store(states_ptr + re, h_re, mask=inside)
+            tl.store(states_ptr + im, h_im, mask=inside)
+            drive_ptr += step_floats
+
+    @triton.jit
+    def _diagonal_backward_kernel(eigenvalues_ptr, grad_states_ptr, total_ptr, steps, elements, size,
+                                  BLOCK: tl.constexpr):
+        pairs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        inside = pairs < elements
+        unit = pairs % size
+        re, im = 2 * pairs, 2 * pairs + 1
+        eigenvalue_re = tl.load(eigenvalues_ptr + 2 * unit, mask=inside, other=0.0)
+        eigenvalue_im = tl.load(eigenvalues_ptr + 2 * unit + 1, mask=inside, other=0.0)
+        step_floats = 2 * elements
+        last = (steps - 1).to(tl.int64) * step_floats
+        grad_states_ptr += last
+        total_ptr += last
+        g_re = tl.zeros((BLOCK,), dtype=tl.float32)  # g_{t+1}, none after the last step
+        g_im = tl.zeros((BLOCK,), dtype=tl.float32)
+        for _ in range(steps):
+            # g_t = ∂L/∂h_t + conj(λ) g_{t+1}
+            next_re = tl.load(grad_states_ptr + re, mask=inside, other=0.0) + eigenvalue_re * g_re + eigenvalue_im * g_im
+            g_im = tl.load(grad_states_ptr + im, mask=inside, other=0.0) + eigenvalue_re * g_im - eigenvalue_im * g_re
+            g_re = next_re
+            tl.store(total_ptr + re, g_re, mask=inside)
+            tl.store(total_ptr + im, g_im, mask=inside)
+            grad_states_ptr -= step_floats
+            total_ptr -= step_floats

@@ -30,7 +30,8 @@ from typing import Literal
 import torch
 
 from ..memory import reuse_freed_memory
-from .fused_recurrence import fused_backward, fused_forward, fused_recurrence_available
+from .fused_recurrence import (fused_backward, fused_diagonal_available, fused_diagonal_backward,
+                               fused_diagonal_forward, fused_forward, fused_recurrence_available)
 
 
 @dataclass
@@ -186,8 +187,9 @@ class _DiagonalLinearRecurrence(torch.autograd.Function):
         steps = drive.shape[0]
         states = drive.new_empty(steps + 1, *drive.shape[1:])  # states[0] = h_0
         states[0] = initial_state
-        for t in range(steps):
-            torch.addcmul(drive[t], states[t], eigenvalues, out=states[t + 1])
+        if not (fused_diagonal_available(drive) and fused_diagonal_forward(eigenvalues, drive, states)):
+            for t in range(steps):
+                torch.addcmul(drive[t], states[t], eigenvalues, out=states[t + 1])
         ctx.save_for_backward(eigenvalues, states)
         return states[1:]
 
@@ -196,9 +198,10 @@ class _DiagonalLinearRecurrence(torch.autograd.Function):
         eigenvalues, states = ctx.saved_tensors
         conjugate = eigenvalues.conj().resolve_conj()  # once, not at every step
         total = torch.empty_like(states[1:])  # g_t = ∂L/∂h_t, every path
-        total[-1] = grad_states[-1]
-        for t in range(total.shape[0] - 1, 0, -1):
-            torch.addcmul(grad_states[t - 1], total[t], conjugate, out=total[t - 1])
+        if not (fused_diagonal_available(total) and fused_diagonal_backward(eigenvalues, grad_states, total)):
+            total[-1] = grad_states[-1]
+            for t in range(total.shape[0] - 1, 0, -1):
+                torch.addcmul(grad_states[t - 1], total[t], conjugate, out=total[t - 1])
         grad_eigenvalues = (total * states[:-1].conj()).sum((0, 1)) if ctx.needs_input_grad[0] else None
         grad_initial = total[0] * conjugate if ctx.needs_input_grad[2] else None
         return grad_eigenvalues, total, grad_initial
