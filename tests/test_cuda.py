@@ -5,6 +5,7 @@ Skipped where PyTorch sees no GPU (CI has none). They run on a GPU machine with
 """
 
 import copy
+import math
 
 import pytest
 import torch
@@ -136,3 +137,17 @@ def test_lyapunov_spectrum_on_cuda_matches_the_cpu_and_theory():
     on_gpu = lyapunov_spectrum(model.cuda().core, inputs.cuda(), warmup=0)
     assert on_gpu.exponents == pytest.approx(on_cpu.exponents, abs=1e-4)
     assert on_gpu.exponents == pytest.approx([torch.log(torch.tensor(0.95)).item()] * 32, abs=5e-3)
+
+
+def test_a_sweep_asking_for_half_a_gpu_per_trial_trains_every_trial_on_it(tmp_path):
+    """The quickstart with resources.gpu = 0.5: Ray runs two trials on the GPU at a time, and
+    each trial's MLflow run says it trained there."""
+    from test_sweep_run import ROOT, runs_of, sweep
+
+    sweep(tmp_path, "run", str(ROOT / "sweeps" / "quickstart.yaml"), "--set", "resources.gpu=0.5",
+          "--set", "budget.num_trials=4", "--json")
+    _, parents, children = runs_of(tmp_path, "quickstart")
+    assert len(parents) == 1 and len(children) == 4
+    assert {child.data.tags["wcrnn.device"] for child in children} == {f"cuda ({torch.cuda.get_device_name()})"}
+    assert {child.data.tags["wcrnn.status"] for child in children} <= {"finished", "stopped_early"}
+    assert all(math.isfinite(child.data.metrics["val_mse"]) for child in children)
