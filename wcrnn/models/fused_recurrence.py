@@ -44,9 +44,13 @@ _refused: set = set()  # launches a GPU refused (each is warned about once); the
 launches = {"forward": 0, "backward": 0}  # passes run fused so far in this process (the benchmark records them)
 
 
+def _on_gpu(tensor: torch.Tensor, dtype: torch.dtype) -> bool:
+    return (triton is not None and tensor.is_cuda and tensor.dtype == dtype
+            and os.environ.get("WCRNN_FUSED_RECURRENCE", "1") != "0")
+
+
 def fused_recurrence_available(driven: torch.Tensor) -> bool:
-    return (triton is not None and driven.is_cuda and driven.dtype == torch.float32
-            and driven.shape[-1] <= MAX_SIZE and os.environ.get("WCRNN_FUSED_RECURRENCE", "1") != "0")
+    return _on_gpu(driven, torch.float32) and driven.shape[-1] <= MAX_SIZE
 
 
 def rotation_matrix_transposed(coefficients: torch.Tensor) -> torch.Tensor:
@@ -113,8 +117,7 @@ def fused_backward(grad_states, coupling, coefficients, kind, nonlinearity, gamm
 
 
 def fused_diagonal_available(drive: torch.Tensor) -> bool:
-    return (triton is not None and drive.is_cuda and drive.dtype == torch.complex64
-            and os.environ.get("WCRNN_FUSED_RECURRENCE", "1") != "0")
+    return _on_gpu(drive, torch.complex64)
 
 
 def fused_diagonal_forward(eigenvalues, drive, states) -> bool:
