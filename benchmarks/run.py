@@ -60,8 +60,8 @@ import typer
 
 from wcrnn.dynamics import lyapunov_spectrum
 from wcrnn.memory import reuse_freed_memory
-from wcrnn.models.fused_recurrence import launches as fused_launches
 from wcrnn.models import build_core, build_model
+from wcrnn.models.fused_recurrence import launches as fused_launches
 
 RESULTS = Path(__file__).parent / "results"
 

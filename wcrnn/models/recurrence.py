@@ -76,7 +76,8 @@ class _Recurrence(torch.autograd.Function):
         # a GPU: the whole loop in one kernel launch
         if not (fused_recurrence_available(driven) and
                 fused_forward(driven, coupling, coefficients, kind, nonlinearity, gamma_value, states, activations)):
-            _forward_through_time(driven, coupling.t().contiguous(), gamma_value, coefficients, kind, nonlinearity, states, activations)
+            _forward_through_time(driven, coupling.t().contiguous(), gamma_value, coefficients, kind, nonlinearity,
+                                  states, activations)
         if keep_activations:
             ctx.save_for_backward(coupling, gamma, coefficients, states, activations)
         ctx.kind, ctx.nonlinearity = kind, nonlinearity
@@ -94,7 +95,7 @@ class _Recurrence(torch.autograd.Function):
                                       activations.new_empty(batch, size))
             fused = fused_backward(grad_states, coupling, coefficients, kind, ctx.nonlinearity, float(gamma), states,
                                    activations, total, grad_pre, carry)
-            saturated = torch.tanh(previous) if kind == "tanh" else None
+            saturated = None  # tanh(h_{t-1}), made below only if the tanh residual's gradient is wanted
         if not fused:
             total, grad_pre, carry, saturated = _backward_through_time(
                 grad_states, coupling, gamma, coefficients, kind, ctx.nonlinearity, previous, activations)
@@ -109,7 +110,7 @@ class _Recurrence(torch.autograd.Function):
             elif kind == "rotation":
                 grad_coefficients = (_as_pairs(total) * _as_pairs(previous).conj()).sum((0, 1))
             else:
-                grad_coefficients = (total * saturated).sum((0, 1))
+                grad_coefficients = (total * (torch.tanh(previous) if saturated is None else saturated)).sum((0, 1))
         return grad_pre, grad_coupling, carry, grad_gamma, grad_coefficients, None, None
 
 
