@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,3 +131,24 @@ def test_the_overhead_with_trials_of_the_target_length_keeps_the_sweeps_fixed_se
     assert math.isclose(benchmark.overhead_with_trials_of(row, 25.0), measured)
     assert math.isclose(benchmark.overhead_with_trials_of(row, 20.0), 10 / (10 + 80))
     assert benchmark.overhead_with_trials_of(row, 20.0) > measured > benchmark.overhead_with_trials_of(row, 30.0)
+
+
+def test_the_kernel_tuner_times_every_variant_and_checks_it_against_the_loops(tmp_path, monkeypatch):
+    """benchmarks/tune_kernels.py, kept working without a GPU: its kernels in Triton's CPU interpreter."""
+    pytest.importorskip("triton")
+    import os
+
+    output = tmp_path / "options.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "tune_kernels.py"), "--sizes", "24",
+                           "--kinds", "rotation,tanh", "--steps", "5", "--batch", "20", "--output", str(output)],
+                          capture_output=True, text=True, env={**os.environ, "TRITON_INTERPRET": "1"}, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(output.read_text())["rows"]
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from tune_kernels import VARIANTS
+
+    assert len(rows) == 2 * len(VARIANTS)
+    for row in rows:
+        assert row["forward_ms"] > 0 and row["backward_ms"] > 0, row
+        # every variant computes what the loops compute (the interpreter runs float32 products exactly)
+        assert row["states_difference"] < 1e-5 and row["total_difference"] < 1e-5, row

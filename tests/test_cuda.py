@@ -28,7 +28,7 @@ def test_wcrnn_fast_recurrence_on_cuda_equals_the_reference_loop(residual, nonli
     assert_fast_path_equals_reference(core_for(residual, nonlinearity, heads).double(), state_size=16, device="cuda")
 
 
-def float32_on_cuda_against_float64_on_cpu(core, batch=8, steps=200):
+def float32_on_cuda_against_float64_on_cpu(core, batch=8, steps=200, state_tolerance=1e-5):
     """The fused kernels (float32 on the GPU) against the autograd loop in float64 on the CPU, every output weighted."""
     generator = torch.Generator().manual_seed(2)
     inputs = torch.randn(batch, steps, 3, generator=generator)
@@ -40,7 +40,8 @@ def float32_on_cuda_against_float64_on_cpu(core, batch=8, steps=200):
     fast = values_and_gradients(core, core.forward, inputs.cuda(), torch.zeros(batch, core.state_size, device="cuda"),
                                 output_weights.cuda())
     # float32 over 200 steps: both paths are ~1e-6 of the states' and gradients' scale from the float64 truth
-    torch.testing.assert_close(fast[0].cpu().double(), reference[0], rtol=0, atol=1e-5 * reference[0].abs().max().item())
+    torch.testing.assert_close(fast[0].cpu().double(), reference[0], rtol=0,
+                               atol=state_tolerance * reference[0].abs().max().item())
     for name in reference[2]:
         scale = reference[2][name].abs().max().item()
         assert scale > 0, f"{name} got no gradient"
@@ -90,7 +91,8 @@ def test_the_fused_complex_diagonal_kernels_in_float32_match_the_reference_loop(
     launched = dict(fused_recurrence.launches)
     torch.manual_seed(0)
     core = build_core({"name": name, "hidden_size": 64, "r_min": 0.9, "r_max": 0.999}, 3)
-    float32_on_cuda_against_float64_on_cpu(core)
+    # |λ| up to 0.999 sums ~200 float32 roundings into a state: 1.3e-5 of the scale measured on an H200
+    float32_on_cuda_against_float64_on_cpu(core, state_tolerance=5e-5)
     assert fused_recurrence.launches["forward"] > launched["forward"], "complex64 on a GPU must take the kernels"
     assert fused_recurrence.launches["backward"] > launched["backward"]
 

@@ -6,11 +6,12 @@
 recurrence.py's loops launch a few small kernels per step; on a GPU each launch costs more than
 its arithmetic, so a 784-step training step took about 55 times as long as cuDNN's nn.RNN on an
 H200 (README, Speed). Here each program of the kernel owns BLOCK_B rows of the batch and walks
-all T steps itself, so a pass is one launch. The matrix products use IEEE float32 (no TF32), so
-the results are the loops' up to rounding; the tests compare both with the autograd reference.
+all T steps itself, so a pass is one launch. The matrix products are float32's (IEEE, or tf32x3 on
+tensor cores from 128 units: `_wcrnn_options`), so the results are the loops' up to rounding; the
+tests compare both with the autograd reference.
 
 Row-vector states, as in recurrence.py: W h is h @ Wᵀ. R is element-wise for the diagonal and
-tanh residuals; a rotation, 2 × 2 blocks on pairs of units, is passed as its dense matrix Rᵀ.
+tanh residuals; a rotation, 2 × 2 blocks on pairs of units, multiplies the pairs as complex numbers.
 Only float32 CUDA tensors of at most MAX_SIZE units take this path (`fused_recurrence_available`);
 the hand-written loops serve everything else, and any launch the GPU refuses (for lack of shared
 memory, say), with a warning. Set WCRNN_FUSED_RECURRENCE=0 to use the loops on a GPU too.
@@ -53,17 +54,6 @@ def fused_recurrence_available(driven: torch.Tensor) -> bool:
     return _on_gpu(driven, torch.float32) and driven.shape[-1] <= MAX_SIZE
 
 
-def rotation_matrix_transposed(coefficients: torch.Tensor) -> torch.Tensor:
-    """Rᵀ (N, N) for R acting on pairs z_k = h_2k + i·h_2k+1 as z_k ↦ c_k z_k: h @ Rᵀ = R(h)."""
-    re, im = coefficients.real, coefficients.imag
-    blocks = torch.stack([re, im, -im, re], -1).unflatten(-1, (2, 2))  # (N/2, 2, 2), each [[re, im], [-im, re]]
-    pairs = blocks.shape[0]
-    matrix = blocks.new_zeros(pairs, 2, pairs, 2)
-    diagonal = torch.arange(pairs, device=blocks.device)
-    matrix[diagonal, :, diagonal, :] = blocks  # one indexed copy, not a kernel per block as torch.block_diag would launch
-    return matrix.reshape(2 * pairs, 2 * pairs)
-
-
 def _launch(kernel, grid: tuple, key: tuple, what: str, *arguments, **options) -> bool:
     """Launch `kernel` once; False (nothing written) if the GPU refused it. key = (direction, ...) names the
     launch for the refusals and the counts; `what` names it in the warning."""
@@ -83,9 +73,15 @@ def _launch(kernel, grid: tuple, key: tuple, what: str, *arguments, **options) -
 
 
 def _wcrnn_options(size: int) -> dict:
+    """How the kernels are compiled, as benchmarks/tune_kernels.py chose on an H200 (T = 784, batch 64;
+    benchmarks/results/gpu-h200-kernel-options.json). W is loaded once, before the loop, and kept for all steps.
+    Up to 64 units the products are IEEE float32. At 128, IEEE products (on CUDA cores) spill hundreds of
+    registers and ran 10-25 times slower, so there they are tf32x3: three TF32 tensor-core products, with
+    float32's accuracy (1e-6 of the scale from the loops over 784 steps)."""
     block_n = max(16, triton.next_power_of_2(size))
-    return {"BLOCK_B": BLOCK_B, "BLOCK_N": block_n, "num_warps": 4 if block_n <= 64 else 8,
-            "num_stages": 1,  # W is the same at every step: prefetching the next step's copy would only double it
+    return {"BLOCK_B": BLOCK_B, "BLOCK_N": block_n, "num_warps": 8,
+            "num_stages": 1,  # nothing to prefetch: W stays, and each step's input is one small tile
+            "PRECISION": "tf32x3" if block_n > 64 else "ieee",  # tl.dot's input_precision
             "EXACT_TANH": os.environ.get("TRITON_INTERPRET") != "1"}  # the interpreter lacks libdevice
 
 
@@ -93,11 +89,11 @@ def fused_forward(driven, coupling, coefficients, kind, nonlinearity, gamma, sta
     """Fill states[1:] (states[0] = h_0 on entry) and, when it has one slot per step, activations.
     False if the GPU could not run it (then nothing was written)."""
     steps, batch, size = driven.shape
-    residual = rotation_matrix_transposed(coefficients) if kind == "rotation" else coefficients
+    residual = _as_floats(coefficients) if kind == "rotation" else coefficients.detach().contiguous()
     options = _wcrnn_options(size)
-    return _launch(_forward_kernel, (triton.cdiv(batch, BLOCK_B),), ("forward", kind, options["BLOCK_N"]),
+    return _launch(_forward_kernel, (triton.cdiv(batch, options["BLOCK_B"]),), ("forward", kind, options["BLOCK_N"]),
                    f"forward pass for the {kind} residual at {size} units",
-                   driven, coupling.t().contiguous(), residual.detach().contiguous(), states, activations, gamma,
+                   driven, coupling.t().contiguous(), residual, states, activations, gamma,
                    steps, batch, size, KIND=KINDS[kind], RELU=nonlinearity == "relu",
                    STORE_ACTIVATIONS=activations.shape[0] == steps, **options)
 
@@ -106,12 +102,11 @@ def fused_backward(grad_states, coupling, coefficients, kind, nonlinearity, gamm
                    total, grad_pre, grad_initial) -> bool:
     """Fill total (g_t), grad_pre (δ_t) and grad_initial (∂L/∂h_0); False if the GPU could not run it."""
     steps, batch, size = activations.shape
-    # the transpose of the step's linear parts: g @ R for a rotation, δ @ W for the coupling
-    residual = rotation_matrix_transposed(coefficients).t() if kind == "rotation" else coefficients
+    residual = _as_floats(coefficients) if kind == "rotation" else coefficients.detach().contiguous()
     options = _wcrnn_options(size)
-    return _launch(_backward_kernel, (triton.cdiv(batch, BLOCK_B),), ("backward", kind, options["BLOCK_N"]),
+    return _launch(_backward_kernel, (triton.cdiv(batch, options["BLOCK_B"]),), ("backward", kind, options["BLOCK_N"]),
                    f"backward pass for the {kind} residual at {size} units",
-                   grad_states.contiguous(), coupling.contiguous(), residual.detach().contiguous(), states,
+                   grad_states.contiguous(), coupling.contiguous(), residual, states,
                    activations, total, grad_pre, grad_initial, gamma, steps, batch, size,
                    KIND=KINDS[kind], RELU=nonlinearity == "relu", **options)
 
@@ -153,9 +148,24 @@ if triton is not None:
         return 1 - 2 / (tl.exp(2 * x) + 1)
 
     @triton.jit
+    def _pair_coefficients(coefficients_ptr, size, BLOCK_N: tl.constexpr):
+        """A rotation's c_k (complex64 as interleaved float32) as rows of real and imaginary parts, (1, BLOCK_N/2)."""
+        pairs = tl.arange(0, BLOCK_N // 2)
+        inside = pairs < size // 2
+        re = tl.load(coefficients_ptr + 2 * pairs, mask=inside, other=0.0)
+        im = tl.load(coefficients_ptr + 2 * pairs + 1, mask=inside, other=0.0)
+        return re[None, :], im[None, :]
+
+    @triton.jit
+    def _rotate(h, re, im, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
+        """z_k ↦ c_k · z_k on the pairs z_k = h_2k + i·h_2k+1, in registers: no N × N matrix, no product."""
+        first, second = tl.split(tl.reshape(h, (BLOCK_B, BLOCK_N // 2, 2)))
+        return tl.reshape(tl.join(re * first - im * second, im * first + re * second), (BLOCK_B, BLOCK_N))
+
+    @triton.jit
     def _forward_kernel(driven_ptr, coupling_t_ptr, residual_ptr, states_ptr, activations_ptr, gamma,
                         steps, batch, size, KIND: tl.constexpr, RELU: tl.constexpr,
-                        STORE_ACTIVATIONS: tl.constexpr, EXACT_TANH: tl.constexpr,
+                        STORE_ACTIVATIONS: tl.constexpr, EXACT_TANH: tl.constexpr, PRECISION: tl.constexpr,
                         BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
         rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
         units = tl.arange(0, BLOCK_N)
@@ -166,10 +176,13 @@ if triton is not None:
         step_elements = batch * size
         # the padding (units ≥ size, rows ≥ batch) loads as 0 and stays 0: W, R and d are 0 there
         h = tl.load(states_ptr + tile, mask=in_batch, other=0.0)
-        scale = tl.load(residual_ptr + units, mask=units < size, other=0.0)[None, :]  # c, for diagonal and tanh
+        coupling_t = tl.load(coupling_t_ptr + square, mask=in_square, other=0.0)  # Wᵀ, for every step
+        if KIND == 1:
+            rotation_re, rotation_im = _pair_coefficients(residual_ptr, size, BLOCK_N)
+        else:
+            scale = tl.load(residual_ptr + units, mask=units < size, other=0.0)[None, :]  # c, for diagonal and tanh
         for _ in range(steps):
-            coupling_t = tl.load(coupling_t_ptr + square, mask=in_square, other=0.0)  # from L1/L2 after step 1
-            pre = tl.dot(h, coupling_t, input_precision="ieee") + tl.load(driven_ptr + tile, mask=in_batch, other=0.0)
+            pre = tl.dot(h, coupling_t, input_precision=PRECISION) + tl.load(driven_ptr + tile, mask=in_batch, other=0.0)
             if RELU:
                 activation = tl.maximum(pre, 0.0)
             else:
@@ -180,7 +193,7 @@ if triton is not None:
             if KIND == 0:
                 h = h * scale
             elif KIND == 1:
-                h = tl.dot(h, tl.load(residual_ptr + square, mask=in_square, other=0.0), input_precision="ieee")
+                h = _rotate(h, rotation_re, rotation_im, BLOCK_B, BLOCK_N)
             else:
                 h = _tanh(h, EXACT_TANH) * scale
             h = h + gamma * activation
@@ -191,7 +204,7 @@ if triton is not None:
     @triton.jit
     def _backward_kernel(grad_states_ptr, coupling_ptr, residual_ptr, states_ptr, activations_ptr,
                          total_ptr, grad_pre_ptr, grad_initial_ptr, gamma, steps, batch, size,
-                         KIND: tl.constexpr, RELU: tl.constexpr, EXACT_TANH: tl.constexpr,
+                         KIND: tl.constexpr, RELU: tl.constexpr, EXACT_TANH: tl.constexpr, PRECISION: tl.constexpr,
                          BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
         rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
         units = tl.arange(0, BLOCK_N)
@@ -200,7 +213,11 @@ if triton is not None:
         square = units[:, None] * size + units[None, :]
         in_square = (units[:, None] < size) & (units[None, :] < size)
         step_elements = batch * size
-        scale = tl.load(residual_ptr + units, mask=units < size, other=0.0)[None, :]
+        coupling = tl.load(coupling_ptr + square, mask=in_square, other=0.0)  # W, for every step
+        if KIND == 1:
+            rotation_re, rotation_im = _pair_coefficients(residual_ptr, size, BLOCK_N)
+        else:
+            scale = tl.load(residual_ptr + units, mask=units < size, other=0.0)[None, :]
         # walk from the last step back; states[t] is h_{t-1} of step t (states[0] = h_0)
         last = (steps - 1).to(tl.int64) * step_elements  # past 2³¹ elements for long, wide batches
         grad_states_ptr += last
@@ -222,12 +239,11 @@ if triton is not None:
             if KIND == 0:
                 carry = g * scale
             elif KIND == 1:
-                carry = tl.dot(g, tl.load(residual_ptr + square, mask=in_square, other=0.0), input_precision="ieee")
+                carry = _rotate(g, rotation_re, -rotation_im, BLOCK_B, BLOCK_N)  # Rᵀ: by the conjugates
             else:
                 saturated = _tanh(tl.load(states_ptr + tile, mask=in_batch, other=0.0), EXACT_TANH)
                 carry = g * (1 - saturated * saturated) * scale
-            coupling = tl.load(coupling_ptr + square, mask=in_square, other=0.0)
-            carry += tl.dot(delta, coupling, input_precision="ieee")
+            carry += tl.dot(delta, coupling, input_precision=PRECISION)
             grad_states_ptr -= step_elements
             activations_ptr -= step_elements
             total_ptr -= step_elements
