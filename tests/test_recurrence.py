@@ -198,25 +198,38 @@ for kind in ("diagonal", "rotation", "tanh"):
             for name, loop, kernel in zip(("states", "activations", "g", "delta", "grad_initial"), *results):
                 torch.testing.assert_close(kernel, loop, rtol=1e-5, atol=1e-5, msg=f"{kind} {nonlinearity} {steps, batch, size} {name}")
 
-# the LRU's and the complex diagonal RNN's recurrence, through its autograd Function, as on a GPU
+# the linear recurrences through their autograd Functions, with and without the kernels, as on a GPU
 from wcrnn.models import fused_recurrence, recurrence
 
-complex_random = lambda *shape: torch.complex(random(*shape), random(*shape))
-for steps, batch, size in ((7, 5, 6), (30, 20, 300)):  # 6000 (sequence, unit) pairs: 24 programs of 256
-    eigenvalues = torch.polar(0.5 + 0.5 * torch.rand(size, generator=generator), random(size)).requires_grad_()
-    drive, initial_state = complex_random(steps, batch, size).requires_grad_(), complex_random(batch, size).requires_grad_()
-    output_weights = complex_random(steps, batch, size)
+
+def loops_against_kernels(recurrence_function, availability, operands, output_weights, names, atol):
     results = []
     for fused in (False, True):
-        recurrence.fused_diagonal_available = lambda tensor, fused=fused: fused
+        setattr(recurrence, availability, lambda tensor, fused=fused: fused)
         launched = dict(fused_recurrence.launches)
-        states = recurrence.diagonal_linear_recurrence(eigenvalues, drive, initial_state)
-        gradients = torch.autograd.grad((states * output_weights).real.sum(), (eigenvalues, drive, initial_state))
+        states = recurrence_function(*operands)
+        gradients = torch.autograd.grad((states * output_weights).real.sum(), operands)
         assert (fused_recurrence.launches["forward"] > launched["forward"]) == fused
         assert (fused_recurrence.launches["backward"] > launched["backward"]) == fused
         results.append((states.detach(), *gradients))
-    for name, loop, kernel in zip(("states", "eigenvalues", "drive", "initial_state"), *results):
-        torch.testing.assert_close(kernel, loop, rtol=1e-5, atol=1e-4, msg=f"complex diagonal {steps, batch, size} {name}")
+    for name, loop, kernel in zip(("states", *names), *results):
+        torch.testing.assert_close(kernel, loop, rtol=1e-5, atol=atol, msg=f"{recurrence_function.__name__} {name}")
+
+
+# the LRU's and the complex diagonal RNN's: an element-wise kernel of their own
+complex_random = lambda *shape: torch.complex(random(*shape), random(*shape))
+for steps, batch, size in ((7, 5, 6), (30, 20, 300)):  # 6000 (sequence, unit) pairs: 24 programs of 256
+    eigenvalues = torch.polar(0.5 + 0.5 * torch.rand(size, generator=generator), random(size)).requires_grad_()
+    operands = (eigenvalues, complex_random(steps, batch, size).requires_grad_(), complex_random(batch, size).requires_grad_())
+    loops_against_kernels(recurrence.diagonal_linear_recurrence, "fused_diagonal_available", operands,
+                          complex_random(steps, batch, size), ("eigenvalues", "drive", "initial_state"), atol=1e-4)
+
+# the dense linear RNN's: the WCRNN kernel with no residual, σ the identity and γ = 1
+for steps, batch, size in ((1, 3, 8), (9, 20, 24)):
+    operands = ((0.9 * random(size, size) / size**0.5).requires_grad_(), random(steps, batch, size).requires_grad_(),
+                random(batch, size).requires_grad_())
+    loops_against_kernels(recurrence.dense_linear_recurrence, "fused_recurrence_available", operands,
+                          random(steps, batch, size), ("transition", "drive", "initial_state"), atol=1e-5)
 print("fused kernels agree")
 """
 

@@ -16,6 +16,8 @@ Only float32 CUDA tensors of at most MAX_SIZE units take this path (`fused_recur
 the hand-written loops serve everything else, and any launch the GPU refuses (for lack of shared
 memory, say), with a warning. Set WCRNN_FUSED_RECURRENCE=0 to use the loops on a GPU too.
 
+The dense linear RNN's h_t = A h_{t-1} + u_t is the same kernel with no R, σ the identity and γ = 1.
+
 The LRU's and the complex diagonal RNN's h_t = λ ⊙ h_{t-1} + u_t (g_t = ∂L/∂h_t + conj(λ) g_{t+1}
 backward) is element-wise: its kernels give each program BLOCK_ELEMENTS (sequence, unit) pairs,
 complex64 as interleaved float32, and need no shared memory.
@@ -35,11 +37,12 @@ try:
 except ImportError:  # PyTorch's CPU-only wheels come without Triton
     triton = None
 
-KINDS = {"diagonal": 0, "rotation": 1, "tanh": 2}
+KINDS = {"diagonal": 0, "rotation": 1, "tanh": 2, "none": 3}  # "none": no R, for the linear RNN
+ACTIVATIONS = {"tanh": 0, "relu": 1, "identity": 2}
 BLOCK_B = 16  # batch rows per program: tl.dot's smallest tile
 BLOCK_ELEMENTS = 256  # (sequence, unit) pairs per program of the element-wise complex diagonal recurrence
-# W (and a rotation's R) is read whole at every step and staged in shared memory: a 256 × 256
-# float32 W alone (256 KB) is more than the 227 KB an H200 gives a block.
+# W is loaded once and kept in shared memory for all steps: a 256 × 256 float32 W (256 KB) is more
+# than the 227 KB an H200 gives a block (every 256-unit variant was refused there).
 MAX_SIZE = 128
 _refused: set = set()  # launches a GPU refused (each is warned about once); the loops serve them
 launches = {"forward": 0, "backward": 0}  # passes run fused so far in this process (the benchmark records them)
@@ -94,7 +97,7 @@ def fused_forward(driven, coupling, coefficients, kind, nonlinearity, gamma, sta
     return _launch(_forward_kernel, (triton.cdiv(batch, options["BLOCK_B"]),), ("forward", kind, options["BLOCK_N"]),
                    f"forward pass for the {kind} residual at {size} units",
                    driven, coupling.t().contiguous(), residual, states, activations, gamma,
-                   steps, batch, size, KIND=KINDS[kind], RELU=nonlinearity == "relu",
+                   steps, batch, size, KIND=KINDS[kind], ACTIVATION=ACTIVATIONS[nonlinearity],
                    STORE_ACTIVATIONS=activations.shape[0] == steps, **options)
 
 
@@ -108,7 +111,23 @@ def fused_backward(grad_states, coupling, coefficients, kind, nonlinearity, gamm
                    f"backward pass for the {kind} residual at {size} units",
                    grad_states.contiguous(), coupling.contiguous(), residual, states,
                    activations, total, grad_pre, grad_initial, gamma, steps, batch, size,
-                   KIND=KINDS[kind], RELU=nonlinearity == "relu", **options)
+                   KIND=KINDS[kind], ACTIVATION=ACTIVATIONS[nonlinearity], **options)
+
+
+def fused_linear_forward(transition, drive, states) -> bool:
+    """The dense linear RNN's h_t = A h_{t-1} + u_t: the WCRNN kernel with no R, σ the identity and γ = 1
+    (exactly A h_{t-1} + u_t). Fills states[1:] from states[0] = h_0; keeps no activations."""
+    steps, batch, size = drive.shape
+    scratch = drive.new_empty(1, batch, size)  # the activations buffer, written only if steps == 1
+    return fused_forward(drive, transition, drive.new_zeros(size), "none", "identity", 1.0, states, scratch)
+
+
+def fused_linear_backward(transition, grad_states, total, grad_initial) -> bool:
+    """g_t = ∂L/∂h_t + Aᵀ g_{t+1} into total and ∂L/∂h_0 = Aᵀ g_1 into grad_initial. With σ the identity and
+    γ = 1, δ_t is g_t, so total serves as δ's buffer too; the states and activations are not read."""
+    size = total.shape[-1]
+    return fused_backward(grad_states, transition, total.new_zeros(size), "none", "identity", 1.0, total, total,
+                          total, total, grad_initial)
 
 
 def fused_diagonal_available(drive: torch.Tensor) -> bool:
@@ -116,7 +135,9 @@ def fused_diagonal_available(drive: torch.Tensor) -> bool:
 
 
 def fused_diagonal_forward(eigenvalues, drive, states) -> bool:
-    """The LRU's and the complex diagonal RNN's h_t = λ ⊙ h_{t-1} + u_t: fill states[1:] from states[0] = h_0.
+    """The dense linear RNN's h_t = A h_{t-1} + u_t is the same kernel with no R, σ the identity and γ = 1.
+
+The LRU's and the complex diagonal RNN's h_t = λ ⊙ h_{t-1} + u_t: fill states[1:] from states[0] = h_0.
     Element-wise, so each program takes BLOCK_ELEMENTS (sequence, unit) pairs through all the steps."""
     steps, batch, size = drive.shape
     return _launch(_diagonal_forward_kernel, (triton.cdiv(batch * size, BLOCK_ELEMENTS),), ("forward", "complex diagonal"),
@@ -164,7 +185,7 @@ if triton is not None:
 
     @triton.jit
     def _forward_kernel(driven_ptr, coupling_t_ptr, residual_ptr, states_ptr, activations_ptr, gamma,
-                        steps, batch, size, KIND: tl.constexpr, RELU: tl.constexpr,
+                        steps, batch, size, KIND: tl.constexpr, ACTIVATION: tl.constexpr,
                         STORE_ACTIVATIONS: tl.constexpr, EXACT_TANH: tl.constexpr, PRECISION: tl.constexpr,
                         BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
         rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -179,24 +200,27 @@ if triton is not None:
         coupling_t = tl.load(coupling_t_ptr + square, mask=in_square, other=0.0)  # Wᵀ, for every step
         if KIND == 1:
             rotation_re, rotation_im = _pair_coefficients(residual_ptr, size, BLOCK_N)
-        else:
+        elif KIND != 3:
             scale = tl.load(residual_ptr + units, mask=units < size, other=0.0)[None, :]  # c, for diagonal and tanh
         for _ in range(steps):
             pre = tl.dot(h, coupling_t, input_precision=PRECISION) + tl.load(driven_ptr + tile, mask=in_batch, other=0.0)
-            if RELU:
+            if ACTIVATION == 0:
+                activation = _tanh(pre, EXACT_TANH)
+            elif ACTIVATION == 1:
                 activation = tl.maximum(pre, 0.0)
             else:
-                activation = _tanh(pre, EXACT_TANH)
+                activation = pre
             if STORE_ACTIVATIONS:
                 tl.store(activations_ptr + tile, activation, mask=in_batch)
                 activations_ptr += step_elements
             if KIND == 0:
-                h = h * scale
+                h = h * scale + gamma * activation
             elif KIND == 1:
-                h = _rotate(h, rotation_re, rotation_im, BLOCK_B, BLOCK_N)
+                h = _rotate(h, rotation_re, rotation_im, BLOCK_B, BLOCK_N) + gamma * activation
+            elif KIND == 2:
+                h = _tanh(h, EXACT_TANH) * scale + gamma * activation
             else:
-                h = _tanh(h, EXACT_TANH) * scale
-            h = h + gamma * activation
+                h = gamma * activation
             states_ptr += step_elements
             tl.store(states_ptr + tile, h, mask=in_batch)
             driven_ptr += step_elements
@@ -204,7 +228,7 @@ if triton is not None:
     @triton.jit
     def _backward_kernel(grad_states_ptr, coupling_ptr, residual_ptr, states_ptr, activations_ptr,
                          total_ptr, grad_pre_ptr, grad_initial_ptr, gamma, steps, batch, size,
-                         KIND: tl.constexpr, RELU: tl.constexpr, EXACT_TANH: tl.constexpr, PRECISION: tl.constexpr,
+                         KIND: tl.constexpr, ACTIVATION: tl.constexpr, EXACT_TANH: tl.constexpr, PRECISION: tl.constexpr,
                          BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
         rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
         units = tl.arange(0, BLOCK_N)
@@ -216,7 +240,7 @@ if triton is not None:
         coupling = tl.load(coupling_ptr + square, mask=in_square, other=0.0)  # W, for every step
         if KIND == 1:
             rotation_re, rotation_im = _pair_coefficients(residual_ptr, size, BLOCK_N)
-        else:
+        elif KIND != 3:
             scale = tl.load(residual_ptr + units, mask=units < size, other=0.0)[None, :]
         # walk from the last step back; states[t] is h_{t-1} of step t (states[0] = h_0)
         last = (steps - 1).to(tl.int64) * step_elements  # past 2³¹ elements for long, wide batches
@@ -229,20 +253,24 @@ if triton is not None:
         for _ in range(steps):
             g = tl.load(grad_states_ptr + tile, mask=in_batch, other=0.0) + carry
             tl.store(total_ptr + tile, g, mask=in_batch)
-            activation = tl.load(activations_ptr + tile, mask=in_batch, other=0.0)
-            if RELU:
-                slope = tl.where(activation > 0, 1.0, 0.0)
+            if ACTIVATION == 0:
+                activation = tl.load(activations_ptr + tile, mask=in_batch, other=0.0)
+                delta = gamma * (1 - activation * activation) * g
+            elif ACTIVATION == 1:
+                activation = tl.load(activations_ptr + tile, mask=in_batch, other=0.0)
+                delta = gamma * tl.where(activation > 0, g, 0.0)
             else:
-                slope = 1 - activation * activation
-            delta = gamma * slope * g
+                delta = gamma * g
             tl.store(grad_pre_ptr + tile, delta, mask=in_batch)
             if KIND == 0:
                 carry = g * scale
             elif KIND == 1:
                 carry = _rotate(g, rotation_re, -rotation_im, BLOCK_B, BLOCK_N)  # Rᵀ: by the conjugates
-            else:
+            elif KIND == 2:
                 saturated = _tanh(tl.load(states_ptr + tile, mask=in_batch, other=0.0), EXACT_TANH)
                 carry = g * (1 - saturated * saturated) * scale
+            else:
+                carry = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
             carry += tl.dot(delta, coupling, input_precision=PRECISION)
             grad_states_ptr -= step_elements
             activations_ptr -= step_elements

@@ -31,7 +31,8 @@ import torch
 
 from ..memory import reuse_freed_memory
 from .fused_recurrence import (fused_backward, fused_diagonal_available, fused_diagonal_backward,
-                               fused_diagonal_forward, fused_forward, fused_recurrence_available)
+                               fused_diagonal_forward, fused_forward, fused_linear_backward, fused_linear_forward,
+                               fused_recurrence_available)
 
 
 @dataclass
@@ -227,8 +228,9 @@ class _DenseLinearRecurrence(torch.autograd.Function):
         transition_t = transition.t().contiguous()  # row-vector states: h_t = h_{t-1} Aᵀ + u_t
         states = drive.new_empty(steps + 1, *drive.shape[1:])  # states[0] = h_0
         states[0] = initial_state
-        for t in range(steps):
-            torch.addmm(drive[t], states[t], transition_t, out=states[t + 1])
+        if not (fused_recurrence_available(drive) and fused_linear_forward(transition, drive, states)):
+            for t in range(steps):
+                torch.addmm(drive[t], states[t], transition_t, out=states[t + 1])
         ctx.save_for_backward(transition, states)
         return states[1:]
 
@@ -237,9 +239,13 @@ class _DenseLinearRecurrence(torch.autograd.Function):
         transition, states = ctx.saved_tensors
         size = states.shape[-1]
         total = torch.empty_like(states[1:])  # g_t = ∂L/∂h_t, every path
-        total[-1] = grad_states[-1]
-        for t in range(total.shape[0] - 1, 0, -1):
-            torch.addmm(grad_states[t - 1], total[t], transition, out=total[t - 1])
+        grad_initial = total.new_empty(total.shape[1:])
+        if not (fused_recurrence_available(total) and fused_linear_backward(transition, grad_states, total, grad_initial)):
+            total[-1] = grad_states[-1]
+            for t in range(total.shape[0] - 1, 0, -1):
+                torch.addmm(grad_states[t - 1], total[t], transition, out=total[t - 1])
+            if ctx.needs_input_grad[2]:
+                torch.mm(total[0], transition, out=grad_initial)
         grad_transition = total.reshape(-1, size).t() @ states[:-1].reshape(-1, size) if ctx.needs_input_grad[0] else None
-        grad_initial = total[0] @ transition if ctx.needs_input_grad[2] else None
+        grad_initial = grad_initial if ctx.needs_input_grad[2] else None
         return grad_transition, total, grad_initial
