@@ -123,18 +123,20 @@ def recurrence_rows(hidden_sizes, steps, batch, heads_list, repeats, device, wit
 
         add("torch.nn.RNN (tanh)", "", "", baseline_s)
         cases = [(name, 1) for name in RESIDUALS] + [("rotational", h) for h in heads_list if h > 1 and n % h == 0]
+        def timed(core) -> tuple[float, str]:
+            """The step's best time, and which passes ran as one GPU kernel (fused_recurrence.py) or as the loops."""
+            before = dict(fused_launches)
+            seconds = best_time(training_step(core, core.parameters(), inputs), repeats)
+            fused = [direction for direction in ("forward", "backward") if fused_launches[direction] > before[direction]]
+            return seconds, "+".join(fused) or "loops"
+
         for residual, heads in cases:
             core = build_core({"name": "wcrnn", "hidden_size": n, "gamma": 0.1, "heads": heads,
                                **RESIDUALS[residual]}, 1).to(device)
-            before = dict(fused_launches)
-            seconds = best_time(training_step(core, core.parameters(), inputs), repeats)
-            # which passes ran as one GPU kernel (fused_recurrence.py), and which as the loops
-            fused = [direction for direction in ("forward", "backward") if fused_launches[direction] > before[direction]]
-            add("wcrnn", residual, heads, seconds, "+".join(fused) or "loops")
-        lru = build_core({"name": "lru", "hidden_size": n}, 1).to(device)
-        add("lru", "", "", best_time(training_step(lru, lru.parameters(), inputs), repeats))
-        linear = build_core({"name": "linear", "hidden_size": n}, 1).to(device)  # dense: no tanh, one matmul per step
-        add("linear", "", 1, best_time(training_step(linear, linear.parameters(), inputs), repeats))
+            add("wcrnn", residual, heads, *timed(core))
+        add("lru", "", "", *timed(build_core({"name": "lru", "hidden_size": n}, 1).to(device)))
+        # dense: no tanh, one matmul per step
+        add("linear", "", 1, *timed(build_core({"name": "linear", "hidden_size": n}, 1).to(device)))
         if with_reference and n == 128:
             core = build_core({"name": "wcrnn", "hidden_size": n, "gamma": 0.1, **RESIDUALS["rotational"]}, 1).to(device)
             add("wcrnn, plain autograd loop", "rotational", 1,
