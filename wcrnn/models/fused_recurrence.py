@@ -119,7 +119,7 @@ def fused_linear_forward(transition, drive, states) -> bool:
     (exactly A h_{t-1} + u_t). Fills states[1:] from states[0] = h_0; keeps no activations."""
     steps, batch, size = drive.shape
     scratch = drive.new_empty(1, batch, size)  # the activations buffer, written only if steps == 1
-    return fused_forward(drive, transition, drive.new_zeros(size), "none", "identity", 1.0, states, scratch)
+    return fused_forward(drive.contiguous(), transition, drive.new_zeros(size), "none", "identity", 1.0, states, scratch)
 
 
 def fused_linear_backward(transition, grad_states, total, grad_initial) -> bool:
@@ -135,9 +135,7 @@ def fused_diagonal_available(drive: torch.Tensor) -> bool:
 
 
 def fused_diagonal_forward(eigenvalues, drive, states) -> bool:
-    """The dense linear RNN's h_t = A h_{t-1} + u_t is the same kernel with no R, σ the identity and γ = 1.
-
-The LRU's and the complex diagonal RNN's h_t = λ ⊙ h_{t-1} + u_t: fill states[1:] from states[0] = h_0.
+    """The LRU's and the complex diagonal RNN's h_t = λ ⊙ h_{t-1} + u_t: fill states[1:] from states[0] = h_0.
     Element-wise, so each program takes BLOCK_ELEMENTS (sequence, unit) pairs through all the steps."""
     steps, batch, size = drive.shape
     return _launch(_diagonal_forward_kernel, (triton.cdiv(batch * size, BLOCK_ELEMENTS),), ("forward", "complex diagonal"),
