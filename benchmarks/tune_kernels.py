@@ -13,8 +13,8 @@ Needs a CUDA GPU and Triton; it is not part of `make bench`.
 from __future__ import annotations
 
 import json
-import os
 import math
+import os
 import sys
 import time
 import warnings
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from wcrnn.models import fused_recurrence  # noqa: E402
 from wcrnn.models.recurrence import _backward_through_time, _forward_through_time  # noqa: E402
 
-# (BLOCK_B, num_warps, PRECISION): tl.dot's input_precision, batch rows per program, warps per program
+# (BLOCK_B, num_warps, PRECISION): batch rows per program, warps per program, tl.dot's input_precision
 VARIANTS = [(16, 8, "ieee"), (16, 4, "ieee"), (16, 16, "ieee"), (16, 8, "tf32x3"), (16, 4, "tf32x3"),
             (16, 16, "tf32x3"), (32, 8, "tf32x3"), (32, 8, "ieee"), (16, 8, "tf32")]
 
@@ -150,6 +150,8 @@ def main(sizes: str = typer.Option("64,128", help="Comma-separated state sizes."
     default = fused_recurrence._wcrnn_options
     for size in (int(s) for s in sizes.split(",")):
         for kind in kinds.split(","):
+            if time.perf_counter() - started > budget_seconds:
+                break
             p = problem(kind, size, batch, steps, device="cpu" if dry_run else "cuda")
             started_loops = time.perf_counter()
             reference = loops(kind, p)
