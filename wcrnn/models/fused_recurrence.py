@@ -42,7 +42,7 @@ ACTIVATIONS = {"tanh": 0, "relu": 1, "identity": 2}
 BLOCK_B = 16  # batch rows per program: tl.dot's smallest tile
 BLOCK_ELEMENTS = 256  # (sequence, unit) pairs per program of the element-wise complex diagonal recurrence
 # W is loaded once and kept in shared memory for all steps: a 256 × 256 float32 W (256 KB) is more
-# than the 227 KB an H200 gives a block (every 256-unit variant was refused there).
+# than the 227 KB an H200 gives a block (a 256-unit kernel that read W at every step asked for 278 KB).
 MAX_SIZE = 128
 _refused: set = set()  # launches a GPU refused (each is warned about once); the loops serve them
 launches = {"forward": 0, "backward": 0}  # passes run fused so far in this process (the benchmark records them)
@@ -79,8 +79,8 @@ def _wcrnn_options(size: int) -> dict:
     """How the kernels are compiled, as benchmarks/tune_kernels.py chose on an H200 (T = 784, batch 64;
     benchmarks/results/gpu-h200-kernel-options.json). W is loaded once, before the loop, and kept for all steps.
     Up to 64 units the products are IEEE float32. At 128, IEEE products (on CUDA cores) spill hundreds of
-    registers and ran 10-25 times slower, so there they are tf32x3: three TF32 tensor-core products, with
-    float32's accuracy (1e-6 of the scale from the loops over 784 steps)."""
+    registers, and the forward pass ran 6-9 times slower, so there they are tf32x3: three TF32 tensor-core
+    products, with float32's accuracy (states 1.5e-7 of their scale from the loops after 784 steps)."""
     block_n = max(16, triton.next_power_of_2(size))
     return {"BLOCK_B": BLOCK_B, "BLOCK_N": block_n, "num_warps": 8,
             "num_stages": 1,  # nothing to prefetch: W stays, and each step's input is one small tile
