@@ -88,11 +88,16 @@ def _wcrnn_options(size: int) -> dict:
             "EXACT_TANH": os.environ.get("TRITON_INTERPRET") != "1"}  # the interpreter lacks libdevice
 
 
+def _residual_operand(coefficients: torch.Tensor, kind: str) -> torch.Tensor:
+    """R's coefficients as the kernels index them: a rotation's complex c as interleaved float32."""
+    return _as_floats(coefficients) if kind == "rotation" else coefficients.detach().contiguous()
+
+
 def fused_forward(driven, coupling, coefficients, kind, nonlinearity, gamma, states, activations) -> bool:
     """Fill states[1:] (states[0] = h_0 on entry) and, when it has one slot per step, activations.
     False if the GPU could not run it (then nothing was written)."""
     steps, batch, size = driven.shape
-    residual = _as_floats(coefficients) if kind == "rotation" else coefficients.detach().contiguous()
+    residual = _residual_operand(coefficients, kind)
     options = _wcrnn_options(size)
     return _launch(_forward_kernel, (triton.cdiv(batch, options["BLOCK_B"]),), ("forward", kind, options["BLOCK_N"]),
                    f"forward pass for the {kind} residual at {size} units",
@@ -105,7 +110,7 @@ def fused_backward(grad_states, coupling, coefficients, kind, nonlinearity, gamm
                    total, grad_pre, grad_initial) -> bool:
     """Fill total (g_t), grad_pre (δ_t) and grad_initial (∂L/∂h_0); False if the GPU could not run it."""
     steps, batch, size = activations.shape
-    residual = _as_floats(coefficients) if kind == "rotation" else coefficients.detach().contiguous()
+    residual = _residual_operand(coefficients, kind)
     options = _wcrnn_options(size)
     return _launch(_backward_kernel, (triton.cdiv(batch, options["BLOCK_B"]),), ("backward", kind, options["BLOCK_N"]),
                    f"backward pass for the {kind} residual at {size} units",
@@ -212,13 +217,14 @@ if triton is not None:
                 tl.store(activations_ptr + tile, activation, mask=in_batch)
                 activations_ptr += step_elements
             if KIND == 0:
-                h = h * scale + gamma * activation
+                h = h * scale
             elif KIND == 1:
-                h = _rotate(h, rotation_re, rotation_im, BLOCK_B, BLOCK_N) + gamma * activation
+                h = _rotate(h, rotation_re, rotation_im, BLOCK_B, BLOCK_N)
             elif KIND == 2:
-                h = _tanh(h, EXACT_TANH) * scale + gamma * activation
+                h = _tanh(h, EXACT_TANH) * scale
             else:
-                h = gamma * activation
+                h = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)  # no residual (not h · 0: inf · 0 is nan)
+            h = h + gamma * activation
             states_ptr += step_elements
             tl.store(states_ptr + tile, h, mask=in_batch)
             driven_ptr += step_elements
@@ -253,12 +259,13 @@ if triton is not None:
             tl.store(total_ptr + tile, g, mask=in_batch)
             if ACTIVATION == 0:
                 activation = tl.load(activations_ptr + tile, mask=in_batch, other=0.0)
-                delta = gamma * (1 - activation * activation) * g
+                slope = 1 - activation * activation
             elif ACTIVATION == 1:
                 activation = tl.load(activations_ptr + tile, mask=in_batch, other=0.0)
-                delta = gamma * tl.where(activation > 0, g, 0.0)
+                slope = tl.where(activation > 0, 1.0, 0.0)
             else:
-                delta = gamma * g
+                slope = 1.0  # the identity: no activations to read
+            delta = gamma * slope * g
             tl.store(grad_pre_ptr + tile, delta, mask=in_batch)
             if KIND == 0:
                 carry = g * scale
