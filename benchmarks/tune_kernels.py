@@ -1,4 +1,4 @@
-"""Which compile options make the fused WCRNN kernels (wcrnn/models/fused_recurrence.py) fastest on this GPU.
+"""Which compile options make the fused WCRNN kernels (wcrnn/models/fused_kernels.py) fastest on this GPU.
 
     python benchmarks/tune_kernels.py [--sizes 64,128,256] [--output results/gpu/kernel-options.json]
 
@@ -105,8 +105,9 @@ def measure(kind: str, p: dict, reference: dict, options: dict) -> dict:
             run = lambda: fused_recurrence.fused_backward(p["grad_states"], p["coupling"], p["coefficients"], kind,  # noqa: E731
                                                           "tanh", p["gamma"], reference["states"], b["activations"],
                                                           b["total"], b["grad_pre"], b["grad_initial"])
-        recorded = Recorded(getattr(fused_recurrence, f"_{direction}_kernel"))
-        setattr(fused_recurrence, f"_{direction}_kernel", recorded)
+        kernels = fused_recurrence.kernels()
+        recorded = Recorded(getattr(kernels, f"_{direction}_kernel"))
+        setattr(kernels, f"_{direction}_kernel", recorded)
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -128,7 +129,7 @@ def measure(kind: str, p: dict, reference: dict, options: dict) -> dict:
                 row["grad_initial_difference"] = relative_difference(b["grad_initial"], reference["grad_initial"])
             row[f"{direction}_ms"] = round(do_bench(run), 3)
         finally:
-            setattr(fused_recurrence, f"_{direction}_kernel", recorded.kernel)
+            setattr(kernels, f"_{direction}_kernel", recorded.kernel)
     return row
 
 
@@ -143,7 +144,7 @@ def main(sizes: str = typer.Option("64,128", help="Comma-separated state sizes."
          budget_seconds: float = typer.Option(240, help="Stop starting new variants after this long."),
          steps: int = typer.Option(784), batch: int = typer.Option(64)):
     dry_run = os.environ.get("TRITON_INTERPRET") == "1"  # the kernels in Triton's CPU interpreter: checks this script
-    if fused_recurrence.triton is None or not (torch.cuda.is_available() or dry_run):
+    if fused_recurrence.kernels() is None or not (torch.cuda.is_available() or dry_run):
         raise typer.BadParameter("needs a CUDA GPU with Triton (or TRITON_INTERPRET=1 for a dry run)", param_hint="(machine)")
     started = time.perf_counter()
     rows = []
@@ -179,7 +180,7 @@ def main(sizes: str = typer.Option("64,128", help="Comma-separated state sizes."
 def write(output: Path, rows: list) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps({"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-                                  "torch": torch.__version__, "triton": fused_recurrence.triton.__version__,
+                                  "torch": torch.__version__, "triton": fused_recurrence.kernels().triton.__version__,
                                   "rows": rows}, indent=1))
 
 

@@ -202,7 +202,7 @@ for kind in ("diagonal", "rotation", "tanh"):
 from wcrnn.models import fused_recurrence, recurrence
 
 
-def loops_against_kernels(recurrence_function, availability, operands, output_weights, names, atol):
+def loops_against_kernels(recurrence_function, availability, operands, output_weights, names):
     results = []
     for fused in (False, True):
         setattr(recurrence, availability, lambda tensor, fused=fused: fused)
@@ -213,7 +213,10 @@ def loops_against_kernels(recurrence_function, availability, operands, output_we
         assert (fused_recurrence.launches["backward"] > launched["backward"]) == fused
         results.append((states.detach(), *gradients))
     for name, loop, kernel in zip(("states", *names), *results):
-        torch.testing.assert_close(kernel, loop, rtol=1e-5, atol=atol, msg=f"{recurrence_function.__name__} {name}")
+        # sums over steps and sequences in another order: float32's rounding of the tensor's largest values
+        # (seen on an AMD EPYC: 5e-5 in a transition gradient of scale 139, over an absolute 1e-5)
+        torch.testing.assert_close(kernel, loop, rtol=1e-5, atol=2e-6 * loop.abs().max().item(),
+                                   msg=f"{recurrence_function.__name__} {name}")
 
 
 # the LRU's and the complex diagonal RNN's: an element-wise kernel of their own
@@ -222,14 +225,14 @@ for steps, batch, size in ((7, 5, 6), (30, 20, 300)):  # 6000 (sequence, unit) p
     eigenvalues = torch.polar(0.5 + 0.5 * torch.rand(size, generator=generator), random(size)).requires_grad_()
     operands = (eigenvalues, complex_random(steps, batch, size).requires_grad_(), complex_random(batch, size).requires_grad_())
     loops_against_kernels(recurrence.diagonal_linear_recurrence, "fused_diagonal_available", operands,
-                          complex_random(steps, batch, size), ("eigenvalues", "drive", "initial_state"), atol=1e-4)
+                          complex_random(steps, batch, size), ("eigenvalues", "drive", "initial_state"))
 
 # the dense linear RNN's: the WCRNN kernel with no residual, σ the identity and γ = 1
 for steps, batch, size in ((1, 3, 8), (9, 20, 24)):
     operands = ((0.9 * random(size, size) / size**0.5).requires_grad_(), random(steps, batch, size).requires_grad_(),
                 random(batch, size).requires_grad_())
     loops_against_kernels(recurrence.dense_linear_recurrence, "fused_recurrence_available", operands,
-                          random(steps, batch, size), ("transition", "drive", "initial_state"), atol=1e-5)
+                          random(steps, batch, size), ("transition", "drive", "initial_state"))
 print("fused kernels agree")
 """
 
@@ -263,8 +266,8 @@ def test_a_gpu_that_refuses_the_fused_kernels_gets_the_loops_and_one_warning_per
                 raise OutOfResources(270336, 232448, "shared memory")
             return launch
 
-    monkeypatch.setattr(fused_recurrence, "_forward_kernel", Refused())
-    monkeypatch.setattr(fused_recurrence, "_backward_kernel", Refused())
+    monkeypatch.setattr(fused_recurrence.kernels(), "_forward_kernel", Refused())
+    monkeypatch.setattr(fused_recurrence.kernels(), "_backward_kernel", Refused())
     monkeypatch.setattr(fused_recurrence, "_refused", set())
     monkeypatch.setattr(recurrence, "fused_recurrence_available", lambda tensor: True)  # as if on a GPU
     core = core_for("rotational").double()

@@ -339,6 +339,36 @@ def test_the_data_loads_and_the_report_warms_up_when_the_caller_has_imported_mlf
     assert completed.stdout.split()[-3:] == ["Task", "True", "True"]
 
 
+REPORT_WITHOUT_SCIKIT_LEARN = """
+import sys, warnings
+import optuna
+from wcrnn.sweep import runner
+runner._prepare_report()  # the warm-up a sweep runs while Ray starts
+imported_with_the_report = "sklearn" in sys.modules or "sklearn.ensemble" in sys.modules
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+study.optimize(lambda trial: (trial.suggest_float("x", -3, 3) - 1) ** 2 + 0.01 * trial.suggest_float("y", -3, 3), 40)
+default = optuna.importance.get_param_importances(study)  # PED-ANOVA, as in the report
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    optuna.visualization.matplotlib.plot_param_importances(study)
+imported_by_the_default = "sklearn" in sys.modules
+evaluators = [optuna.importance.FanovaImportanceEvaluator(seed=0), optuna.importance.MeanDecreaseImpurityImportanceEvaluator(seed=0)]
+forests = [optuna.importance.get_param_importances(study, evaluator=evaluator) for evaluator in evaluators]
+print(imported_with_the_report, imported_by_the_default, "sklearn.ensemble" in sys.modules,
+      *(max(importances, key=importances.get) for importances in (default, *forests)))
+"""
+
+
+def test_the_report_imports_optunas_importance_without_scikit_learn_which_its_forests_still_load():
+    """Optuna's importance module imports scikit-learn (seconds of CPU in a sweep's start-up) for its
+    random-forest evaluators; the report's PED-ANOVA needs none of it, and the forests import it when used."""
+    completed = subprocess.run([sys.executable, "-c", REPORT_WITHOUT_SCIKIT_LEARN], capture_output=True, text=True,
+                               timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.split() == ["False", "False", "True", "x", "x", "x"]
+
+
 def test_the_ray_a_sweep_starts_preloads_the_trial_modules_and_retries_its_object_store_quickly(tmp_path):
     """Read back from Ray's GCS what the raylet was started with. ray.init adds the session's own
     settings to the dict it is given: the next Ray this process starts must not inherit them.

@@ -15,6 +15,7 @@ tanh residuals; a rotation, 2 × 2 blocks on pairs of units, multiplies the pair
 Only float32 CUDA tensors of at most MAX_SIZE units take this path (`fused_recurrence_available`);
 the hand-written loops serve everything else, and any launch the GPU refuses (for lack of shared
 memory, say), with a warning. Set WCRNN_FUSED_RECURRENCE=0 to use the loops on a GPU too.
+The kernels are in fused_kernels.py, which is imported, with Triton, at the first launch.
 
 The dense linear RNN's h_t = A h_{t-1} + u_t is the same kernel with no R, σ the identity and γ = 1.
 
@@ -25,17 +26,11 @@ complex64 as interleaved float32, and need no shared memory.
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 
 import torch
-
-try:
-    import triton
-    import triton.language as tl
-    from triton.language.extra import libdevice
-except ImportError:  # PyTorch's CPU-only wheels come without Triton
-    triton = None
 
 KINDS = {"diagonal": 0, "rotation": 1, "tanh": 2, "none": 3}  # "none": no R, for the linear RNN
 ACTIVATIONS = {"tanh": 0, "relu": 1, "identity": 2}
@@ -48,23 +43,39 @@ _refused: set = set()  # launches a GPU refused (each is warned about once); the
 launches = {"forward": 0, "backward": 0}  # passes run fused so far in this process (the benchmark records them)
 
 
+@functools.cache
+def kernels():
+    """fused_kernels.py, imported with Triton at the first launch; None without Triton (PyTorch's
+    CPU-only wheels come without it)."""
+    try:
+        from . import fused_kernels
+    except ImportError:
+        return None
+    return fused_kernels
+
+
 def _on_gpu(tensor: torch.Tensor, dtype: torch.dtype) -> bool:
-    return (triton is not None and tensor.is_cuda and tensor.dtype == dtype
-            and os.environ.get("WCRNN_FUSED_RECURRENCE", "1") != "0")
+    return (tensor.is_cuda and tensor.dtype == dtype and os.environ.get("WCRNN_FUSED_RECURRENCE", "1") != "0"
+            and kernels() is not None)
+
+
+def _blocks(count: int, block: int) -> int:
+    return -(-count // block)
 
 
 def fused_recurrence_available(driven: torch.Tensor) -> bool:
     return _on_gpu(driven, torch.float32) and driven.shape[-1] <= MAX_SIZE
 
 
-def _launch(kernel, grid: tuple, key: tuple, what: str, *arguments, **options) -> bool:
-    """Launch `kernel` once; False (nothing written) if the GPU refused it. key = (direction, ...) names the
-    launch for the refusals and the counts; `what` names it in the warning."""
+def _launch(kernel: str, grid: tuple, key: tuple, what: str, *arguments, **options) -> bool:
+    """Launch the kernel of fused_kernels.py called `kernel` once; False (nothing written) if the GPU
+    refused it. key = (direction, ...) names the launch for the refusals and the counts; `what` names
+    it in the warning."""
     key = (*key, torch.cuda.current_device() if torch.cuda.is_available() else None)
     if key in _refused:
         return False
     try:
-        kernel[grid](*arguments, **options)
+        getattr(kernels(), kernel)[grid](*arguments, **options)
     except Exception as error:  # refused before it ran: shared memory, or a Triton or GPU it does not compile for
         _refused.add(key)
         reason = (str(error).strip().splitlines() or [""])[0]
@@ -81,7 +92,7 @@ def _wcrnn_options(size: int) -> dict:
     Up to 64 units the products are IEEE float32. At 128, IEEE products (on CUDA cores) spill hundreds of
     registers, and the forward pass ran 6-9 times slower, so there they are tf32x3: three TF32 tensor-core
     products, with float32's accuracy (states 1.5e-7 of their scale from the loops after 784 steps)."""
-    block_n = max(16, triton.next_power_of_2(size))
+    block_n = max(16, 1 << (size - 1).bit_length())  # a power of two
     return {"BLOCK_B": BLOCK_B, "BLOCK_N": block_n, "num_warps": 8,
             "num_stages": 1,  # nothing to prefetch: W stays, and each step's input is one small tile
             "PRECISION": "tf32x3" if block_n > 64 else "ieee",  # tl.dot's input_precision
@@ -99,7 +110,7 @@ def fused_forward(driven, coupling, coefficients, kind, nonlinearity, gamma, sta
     steps, batch, size = driven.shape
     residual = _residual_operand(coefficients, kind)
     options = _wcrnn_options(size)
-    return _launch(_forward_kernel, (triton.cdiv(batch, options["BLOCK_B"]),), ("forward", kind, options["BLOCK_N"]),
+    return _launch("_forward_kernel", (_blocks(batch, options["BLOCK_B"]),), ("forward", kind, options["BLOCK_N"]),
                    f"forward pass for the {kind} residual at {size} units",
                    driven, coupling.t().contiguous(), residual, states, activations, gamma,
                    steps, batch, size, KIND=KINDS[kind], ACTIVATION=ACTIVATIONS[nonlinearity],
@@ -112,7 +123,7 @@ def fused_backward(grad_states, coupling, coefficients, kind, nonlinearity, gamm
     steps, batch, size = activations.shape
     residual = _residual_operand(coefficients, kind)
     options = _wcrnn_options(size)
-    return _launch(_backward_kernel, (triton.cdiv(batch, options["BLOCK_B"]),), ("backward", kind, options["BLOCK_N"]),
+    return _launch("_backward_kernel", (_blocks(batch, options["BLOCK_B"]),), ("backward", kind, options["BLOCK_N"]),
                    f"backward pass for the {kind} residual at {size} units",
                    grad_states.contiguous(), coupling.contiguous(), residual, states,
                    activations, total, grad_pre, grad_initial, gamma, steps, batch, size,
@@ -143,7 +154,7 @@ def fused_diagonal_forward(eigenvalues, drive, states) -> bool:
     """The LRU's and the complex diagonal RNN's h_t = λ ⊙ h_{t-1} + u_t: fill states[1:] from states[0] = h_0.
     Element-wise, so each program takes BLOCK_ELEMENTS (sequence, unit) pairs through all the steps."""
     steps, batch, size = drive.shape
-    return _launch(_diagonal_forward_kernel, (triton.cdiv(batch * size, BLOCK_ELEMENTS),), ("forward", "complex diagonal"),
+    return _launch("_diagonal_forward_kernel", (_blocks(batch * size, BLOCK_ELEMENTS),), ("forward", "complex diagonal"),
                    "forward pass of the complex diagonal recurrence",
                    _as_floats(eigenvalues), _as_floats(drive), torch.view_as_real(states), steps, batch * size, size,
                    BLOCK=BLOCK_ELEMENTS)
@@ -152,7 +163,7 @@ def fused_diagonal_forward(eigenvalues, drive, states) -> bool:
 def fused_diagonal_backward(eigenvalues, grad_states, total) -> bool:
     """total[t] = g_t = ∂L/∂h_t + conj(λ) ⊙ g_{t+1}, for every t."""
     steps, batch, size = total.shape
-    return _launch(_diagonal_backward_kernel, (triton.cdiv(batch * size, BLOCK_ELEMENTS),), ("backward", "complex diagonal"),
+    return _launch("_diagonal_backward_kernel", (_blocks(batch * size, BLOCK_ELEMENTS),), ("backward", "complex diagonal"),
                    "backward pass of the complex diagonal recurrence",
                    _as_floats(eigenvalues), _as_floats(grad_states), torch.view_as_real(total), steps, batch * size, size,
                    BLOCK=BLOCK_ELEMENTS)
@@ -161,173 +172,3 @@ def fused_diagonal_backward(eigenvalues, grad_states, total) -> bool:
 def _as_floats(values: torch.Tensor) -> torch.Tensor:
     """complex64 (...) as float32 (..., 2) [re, im] pairs, contiguous: what the kernels index."""
     return torch.view_as_real(values.detach().resolve_conj().contiguous())
-
-
-if triton is not None:
-
-    @triton.jit
-    def _tanh(x, EXACT: tl.constexpr):
-        if EXACT:
-            return libdevice.tanh(x)
-        return 1 - 2 / (tl.exp(2 * x) + 1)
-
-    @triton.jit
-    def _pair_coefficients(coefficients_ptr, size, BLOCK_N: tl.constexpr):
-        """A rotation's c_k (complex64 as interleaved float32) as rows of real and imaginary parts, (1, BLOCK_N/2)."""
-        pairs = tl.arange(0, BLOCK_N // 2)
-        inside = pairs < size // 2
-        re = tl.load(coefficients_ptr + 2 * pairs, mask=inside, other=0.0)
-        im = tl.load(coefficients_ptr + 2 * pairs + 1, mask=inside, other=0.0)
-        return re[None, :], im[None, :]
-
-    @triton.jit
-    def _rotate(h, re, im, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
-        """z_k ↦ c_k · z_k on the pairs z_k = h_2k + i·h_2k+1, in registers: no N × N matrix, no product."""
-        first, second = tl.split(tl.reshape(h, (BLOCK_B, BLOCK_N // 2, 2)))
-        return tl.reshape(tl.join(re * first - im * second, im * first + re * second), (BLOCK_B, BLOCK_N))
-
-    @triton.jit
-    def _forward_kernel(driven_ptr, coupling_t_ptr, residual_ptr, states_ptr, activations_ptr, gamma,
-                        steps, batch, size, KIND: tl.constexpr, ACTIVATION: tl.constexpr,
-                        STORE_ACTIVATIONS: tl.constexpr, EXACT_TANH: tl.constexpr, PRECISION: tl.constexpr,
-                        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
-        rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-        units = tl.arange(0, BLOCK_N)
-        in_batch = (rows[:, None] < batch) & (units[None, :] < size)
-        tile = rows[:, None] * size + units[None, :]  # this program's rows of one (B, N) step
-        square = units[:, None] * size + units[None, :]
-        in_square = (units[:, None] < size) & (units[None, :] < size)
-        step_elements = batch * size
-        # the padding (units ≥ size, rows ≥ batch) loads as 0 and stays 0: W, R and d are 0 there
-        h = tl.load(states_ptr + tile, mask=in_batch, other=0.0)
-        coupling_t = tl.load(coupling_t_ptr + square, mask=in_square, other=0.0)  # Wᵀ, for every step
-        if KIND == 1:
-            rotation_re, rotation_im = _pair_coefficients(residual_ptr, size, BLOCK_N)
-        elif KIND != 3:
-            scale = tl.load(residual_ptr + units, mask=units < size, other=0.0)[None, :]  # c, for diagonal and tanh
-        for _ in range(steps):
-            pre = tl.dot(h, coupling_t, input_precision=PRECISION) + tl.load(driven_ptr + tile, mask=in_batch, other=0.0)
-            if ACTIVATION == 0:
-                activation = _tanh(pre, EXACT_TANH)
-            elif ACTIVATION == 1:
-                activation = tl.maximum(pre, 0.0)
-            else:
-                activation = pre
-            if STORE_ACTIVATIONS:
-                tl.store(activations_ptr + tile, activation, mask=in_batch)
-                activations_ptr += step_elements
-            if KIND == 0:
-                h = h * scale
-            elif KIND == 1:
-                h = _rotate(h, rotation_re, rotation_im, BLOCK_B, BLOCK_N)
-            elif KIND == 2:
-                h = _tanh(h, EXACT_TANH) * scale
-            else:
-                h = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)  # no residual (not h · 0: inf · 0 is nan)
-            h = h + gamma * activation
-            states_ptr += step_elements
-            tl.store(states_ptr + tile, h, mask=in_batch)
-            driven_ptr += step_elements
-
-    @triton.jit
-    def _backward_kernel(grad_states_ptr, coupling_ptr, residual_ptr, states_ptr, activations_ptr,
-                         total_ptr, grad_pre_ptr, grad_initial_ptr, gamma, steps, batch, size,
-                         KIND: tl.constexpr, ACTIVATION: tl.constexpr, EXACT_TANH: tl.constexpr, PRECISION: tl.constexpr,
-                         BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
-        rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-        units = tl.arange(0, BLOCK_N)
-        in_batch = (rows[:, None] < batch) & (units[None, :] < size)
-        tile = rows[:, None] * size + units[None, :]
-        square = units[:, None] * size + units[None, :]
-        in_square = (units[:, None] < size) & (units[None, :] < size)
-        step_elements = batch * size
-        coupling = tl.load(coupling_ptr + square, mask=in_square, other=0.0)  # W, for every step
-        if KIND == 1:
-            rotation_re, rotation_im = _pair_coefficients(residual_ptr, size, BLOCK_N)
-        elif KIND != 3:
-            scale = tl.load(residual_ptr + units, mask=units < size, other=0.0)[None, :]
-        # walk from the last step back; states[t] is h_{t-1} of step t (states[0] = h_0)
-        last = (steps - 1).to(tl.int64) * step_elements  # past 2³¹ elements for long, wide batches
-        grad_states_ptr += last
-        activations_ptr += last
-        total_ptr += last
-        grad_pre_ptr += last
-        states_ptr += last
-        carry = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)  # ∂L/∂h_t through step t+1
-        for _ in range(steps):
-            g = tl.load(grad_states_ptr + tile, mask=in_batch, other=0.0) + carry
-            tl.store(total_ptr + tile, g, mask=in_batch)
-            if ACTIVATION == 0:
-                activation = tl.load(activations_ptr + tile, mask=in_batch, other=0.0)
-                slope = 1 - activation * activation
-            elif ACTIVATION == 1:
-                activation = tl.load(activations_ptr + tile, mask=in_batch, other=0.0)
-                slope = tl.where(activation > 0, 1.0, 0.0)
-            else:
-                slope = 1.0  # the identity: no activations to read
-            delta = gamma * slope * g
-            tl.store(grad_pre_ptr + tile, delta, mask=in_batch)
-            if KIND == 0:
-                carry = g * scale
-            elif KIND == 1:
-                carry = _rotate(g, rotation_re, -rotation_im, BLOCK_B, BLOCK_N)  # Rᵀ: by the conjugates
-            elif KIND == 2:
-                saturated = _tanh(tl.load(states_ptr + tile, mask=in_batch, other=0.0), EXACT_TANH)
-                carry = g * (1 - saturated * saturated) * scale
-            else:
-                carry = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-            carry += tl.dot(delta, coupling, input_precision=PRECISION)
-            grad_states_ptr -= step_elements
-            activations_ptr -= step_elements
-            total_ptr -= step_elements
-            grad_pre_ptr -= step_elements
-            states_ptr -= step_elements
-        tl.store(grad_initial_ptr + tile, carry, mask=in_batch)
-
-
-    @triton.jit
-    def _diagonal_forward_kernel(eigenvalues_ptr, drive_ptr, states_ptr, steps, elements, size, BLOCK: tl.constexpr):
-        pairs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # flat (sequence, unit) indices of one step
-        inside = pairs < elements
-        unit = pairs % size
-        re, im = 2 * pairs, 2 * pairs + 1  # complex64 as interleaved float32
-        eigenvalue_re = tl.load(eigenvalues_ptr + 2 * unit, mask=inside, other=0.0)
-        eigenvalue_im = tl.load(eigenvalues_ptr + 2 * unit + 1, mask=inside, other=0.0)
-        h_re = tl.load(states_ptr + re, mask=inside, other=0.0)
-        h_im = tl.load(states_ptr + im, mask=inside, other=0.0)
-        step_floats = 2 * elements
-        for _ in range(steps):
-            drive_re = tl.load(drive_ptr + re, mask=inside, other=0.0)
-            drive_im = tl.load(drive_ptr + im, mask=inside, other=0.0)
-            next_re = eigenvalue_re * h_re - eigenvalue_im * h_im + drive_re
-            h_im = eigenvalue_re * h_im + eigenvalue_im * h_re + drive_im
-            h_re = next_re
-            states_ptr += step_floats
-            tl.store(states_ptr + re, h_re, mask=inside)
-            tl.store(states_ptr + im, h_im, mask=inside)
-            drive_ptr += step_floats
-
-    @triton.jit
-    def _diagonal_backward_kernel(eigenvalues_ptr, grad_states_ptr, total_ptr, steps, elements, size,
-                                  BLOCK: tl.constexpr):
-        pairs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        inside = pairs < elements
-        unit = pairs % size
-        re, im = 2 * pairs, 2 * pairs + 1
-        eigenvalue_re = tl.load(eigenvalues_ptr + 2 * unit, mask=inside, other=0.0)
-        eigenvalue_im = tl.load(eigenvalues_ptr + 2 * unit + 1, mask=inside, other=0.0)
-        step_floats = 2 * elements
-        last = (steps - 1).to(tl.int64) * step_floats
-        grad_states_ptr += last
-        total_ptr += last
-        g_re = tl.zeros((BLOCK,), dtype=tl.float32)  # g_{t+1}, none after the last step
-        g_im = tl.zeros((BLOCK,), dtype=tl.float32)
-        for _ in range(steps):
-            # g_t = ∂L/∂h_t + conj(λ) g_{t+1}
-            next_re = tl.load(grad_states_ptr + re, mask=inside, other=0.0) + eigenvalue_re * g_re + eigenvalue_im * g_im
-            g_im = tl.load(grad_states_ptr + im, mask=inside, other=0.0) + eigenvalue_re * g_im - eigenvalue_im * g_re
-            g_re = next_re
-            tl.store(total_ptr + re, g_re, mask=inside)
-            tl.store(total_ptr + im, g_im, mask=inside)
-            grad_states_ptr -= step_floats
-            total_ptr -= step_floats
