@@ -161,7 +161,7 @@ def main(sizes: str = typer.Option("64,128", help="Comma-separated state sizes."
             for block_b, warps, precision in VARIANTS:
                 if time.perf_counter() - started > budget_seconds:
                     break
-                options = {"BLOCK_B": block_b, "BLOCK_N": max(16, 1 << (size - 1).bit_length()), "num_warps": warps,
+                options = {"BLOCK_B": block_b, "BLOCK_N": default(size)["BLOCK_N"], "num_warps": warps,
                            "num_stages": 1, "PRECISION": precision, "EXACT_TANH": not dry_run}
                 row = {"size": size, "kind": kind, "block_b": block_b, "num_warps": warps, "precision": precision,
                        "loops_seconds_both": round(loops_seconds, 3)}
