@@ -618,6 +618,68 @@ def test_missing_data_stops_the_sweep_before_any_run_with_the_data_message(tmp_p
     assert not (tmp_path / "wcrnn_runs").exists()
 
 
+# Drawing text in matplotlib's C++ code for `seconds`, the way the report's warm-up and a trial's
+# spectrum plot do. A daemon thread caught there when Python exits crashes the process.
+DRAW_TEXT = """
+import time
+from matplotlib import font_manager
+from matplotlib.ft2font import FT2Font
+def draw_text(seconds):
+    font, started = font_manager.findfont("DejaVu Sans"), time.monotonic()
+    while time.monotonic() - started < seconds:
+        FT2Font(font).set_text("val_accuracy 0.97", 0.0)
+    print("drawn", flush=True)
+"""
+
+
+def test_an_error_right_after_the_start_waits_for_the_report_warm_up_instead_of_crashing(tmp_path):
+    # CI once saw `wcrnn sweep run` end with SIGABRT instead of its error (exit 1): the warm-up thread
+    # was inside matplotlib when the interpreter stopped it. Here Ray and the data are instant and
+    # the warm-up draws for 2 s, so the error comes while it draws.
+    script = DRAW_TEXT + """
+import types
+from wcrnn import tasks
+from wcrnn.sweep import runner
+runner.init_ray = lambda address: "local"
+runner.check_a_trial_fits = lambda *args: None
+runner._prepare_tracking_store = lambda uri: None
+tasks.build_task = lambda task: "task"
+runner._prepare_report = lambda: draw_text(2.0)
+runner._start_ray_while_loading(types.SimpleNamespace(task=None), "sqlite:///mlflow.db", None)
+raise SystemExit("error: the tracking server refused the sweep")
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert (done.returncode, done.stdout) == (1, "drawn\n"), done.stderr[-3000:]
+    assert done.stderr.strip() == "error: the tracking server refused the sweep"
+
+    # a failed data load starts no warm-up: the error is printed at once
+    failing = script.replace('lambda task: "task"', "lambda task: 1 / 0").replace(
+        "runner._start_ray", "try:\n    runner._start_ray").replace(
+        "\nraise SystemExit", "\nexcept ZeroDivisionError:\n    raise SystemExit")
+    done = subprocess.run([sys.executable, "-c", failing], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert (done.returncode, done.stdout) == (1, ""), done.stderr[-3000:]
+
+
+def test_an_error_during_the_sweep_lets_the_mlflow_writer_finish_its_plot_instead_of_crashing(tmp_path):
+    # Tune's error skips on_experiment_end, which closes the writer; its queued jobs (a spectrum plot
+    # here) are done at exit, and a job that fails is not retried, since no one waits for it.
+    script = DRAW_TEXT + """
+import atexit
+from wcrnn.sweep.tracking import _Writer
+def refused(client):
+    raise ConnectionError("tracking server down")
+atexit.register(lambda: print(writer.failures, flush=True))  # runs after the writer's own handler
+writer = _Writer(client=None, retry_limit_s=600)
+writer.submit(lambda client: draw_text(2.0), "spectrum plot")
+writer.submit(refused, "epoch metrics")
+raise SystemExit("error: a trial's actor died")
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert done.stdout.splitlines() == [
+        "drawn", "['epoch metrics: tracking server down (not retried: the process was exiting)']"]
+
+
 def test_sampled_hyperparameters_are_logged_inside_their_bounds(quickstart):
     workdir, _, _ = quickstart
     bounds = yaml.safe_load((ROOT / "sweeps" / "quickstart.yaml").read_text())["search_space"]

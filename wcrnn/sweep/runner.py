@@ -11,6 +11,7 @@ creates the MLflow parent run, and records how to find everything again in
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -362,14 +363,26 @@ def _start_ray_while_loading(spec: SweepSpec, uri: str, address: str | None,
         return build_task(spec.task)
 
     loading, report_ready = Future(), Future()
+    exiting = threading.Event()
 
     def in_background() -> None:
-        for future, work in ((loading, load), (report_ready, _prepare_report)):
-            try:
-                future.set_result(work())
-            except BaseException as error:  # raised in the main thread by .result()
-                future.set_exception(error)
+        try:
+            loading.set_result(load())
+        except BaseException as error:  # raised in the main thread by .result()
+            loading.set_exception(error)
+        if loading.exception() is None and not exiting.is_set():  # no report without a sweep
+            _prepare_report()
+        report_ready.set_result(None)
+        atexit.unregister(let_the_warm_up_finish)
 
+    def let_the_warm_up_finish() -> None:
+        # Python stops daemon threads abruptly at exit; one inside matplotlib's C++ code then
+        # crashes the process (SIGSEGV or SIGABRT, seen in CI), which buries the sweep's own error
+        exiting.set()
+        if loading.done():
+            wait([report_ready], timeout=60)
+
+    atexit.register(let_the_warm_up_finish)
     threading.Thread(target=in_background, name="wcrnn-loader", daemon=True).start()
     try:
         ray_address = init_ray(address)

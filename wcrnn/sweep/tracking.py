@@ -14,6 +14,7 @@ a status tag `wcrnn.status` ∈ {finished, stopped_early, diverged, failed}.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import math
@@ -190,8 +191,10 @@ class _Writer:
         self.failures: list[str] = []
         self.lost = False  # gave up once: the server is gone for longer than the limit
         self.busy_seconds = 0.0  # time spent in MLflow calls, for the overhead benchmark
+        self.exiting = False  # Python is exiting: write what is queued, retry nothing
         self.thread = threading.Thread(target=self._work, name="wcrnn-mlflow-writer", daemon=True)
         self.thread.start()
+        atexit.register(self._finish_before_exit)
 
     def submit(self, job: Callable[[Any], None], what: str) -> None:
         self.jobs.put((job, what))
@@ -217,6 +220,9 @@ class _Writer:
                     self.failures.append(f"{what}: {error}")
                     break
                 except Exception as error:  # network errors, server restarts
+                    if self.exiting:  # no one is left to wait for a retry
+                        self.failures.append(f"{what}: {error} (not retried: the process was exiting)")
+                        break
                     if time.monotonic() + delay > deadline:
                         self.failures.append(f"{what}: {error}")
                         self.lost = True
@@ -231,8 +237,16 @@ class _Writer:
         self.jobs.join()
 
     def close(self) -> None:
+        atexit.unregister(self._finish_before_exit)
         self.jobs.put(None)
         self.thread.join(timeout=max(self.retry_limit_s, 30) + 5)
+
+    def _finish_before_exit(self) -> None:
+        """Left open by an error: Python stops daemon threads abruptly at exit, and one drawing a plot
+        (matplotlib's C++ code) then crashes the process, burying the error; what is queued is written first."""
+        self.exiting = True
+        self.jobs.put(None)
+        self.thread.join(timeout=60)
 
 
 class SweepTracker:
