@@ -750,6 +750,35 @@ def test_learning_curves_go_on_a_log_axis_when_one_trial_is_orders_of_magnitude_
     assert scales == ["linear", "log", "linear"]
 
 
+@pytest.mark.parametrize("scale", [1e-4, 3e-3, 0.05, 2.0, 700.0, 3e4])
+def test_the_spectrum_figure_keeps_every_label_inside_its_fixed_margins(tmp_path, monkeypatch, scale):
+    # Drawn for every trial, it has fixed margins instead of tight_layout's extra pass (25 ms of 80):
+    # the y labels must still fit at any scale of exponents.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    import wcrnn.plots as plots
+
+    drawn = []
+    monkeypatch.setattr(Figure, "savefig", lambda figure, path, **kwargs: drawn.append(figure))
+    exponents = [scale * (0.5 - i / 64) for i in range(128)]
+    plots.plot_lyapunov_spectrum(exponents, tmp_path / "spectrum.png", [scale / 20] * 128, exponents,
+                                 title="Lyapunov spectrum, epoch 12")
+    figure = drawn[0]
+    figure.set_dpi(120)  # as saved
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    axis = figure.axes[0]
+    low, high = axis.get_ylim()
+    drawn_labels = [label for label, at in zip(axis.get_yticklabels(), axis.get_yticks()) if low <= at <= high]
+    texts = [axis.yaxis.label, axis.xaxis.label, axis.title, axis.yaxis.offsetText, *drawn_labels]
+    for text in texts:
+        box, page = text.get_window_extent(renderer), figure.bbox
+        assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0 and box.y1 <= page.y1, \
+            (text.get_text(), box, page)
+    assert max(len(label.get_text()) for label in drawn_labels) <= 6  # e.g. −0.075, not −0.00012
+
+
 def test_objective_vs_parameters_places_choices_evenly_and_labels_log_axes_plainly(tmp_path, monkeypatch):
     # Matplotlib's defaults put heads 1 and 4 on top of each other beside 32, and labelled every
     # minor tick of a log axis spanning under a decade as a×10^b, the labels running into each other.

@@ -59,7 +59,7 @@ def plot_lyapunov_spectrum(exponents: Sequence[float], path, spread: Sequence[fl
         axis.plot(range(1, len(predicted) + 1), predicted, "-", color="C3", label="theory: log|eig| of the linear map")
     axis.axhline(0, color="grey", lw=0.8, ls="--")
     axis.set(xlabel="index i", ylabel="λ_i (per step)")
-    axis.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))  # 1e-3 as 1.0 and ×1e−3: labels fit the margin
+    axis.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))  # 0.002 as 2 and ×1e−3: labels fit the margin
     axis.set_title(title, y=1.0)  # a given height skips the title's placement pass
     axis.legend(loc="upper right")
     path = Path(path)
