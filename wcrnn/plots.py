@@ -19,10 +19,11 @@ import matplotlib.pyplot as plt
 plt.switch_backend("Agg")
 
 
-def save_figure(figure, path) -> Path:
+def save_figure(figure, path, tight_layout: bool = True) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
+    if tight_layout:  # an extra drawing pass; the spectrum figure has fixed margins instead
+        figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
@@ -62,10 +63,7 @@ def plot_lyapunov_spectrum(exponents: Sequence[float], path, spread: Sequence[fl
     axis.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))  # 0.002 as 2 and ×1e−3: labels fit the margin
     axis.set_title(title, y=1.0)  # a given height skips the title's placement pass
     axis.legend(loc="upper right")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    return path
+    return save_figure(figure, path, tight_layout=False)
 
 
 def plot_power_spectrum(frequencies: Sequence[float], power: Sequence[float], path,
