@@ -637,27 +637,32 @@ def test_an_error_right_after_the_start_waits_for_the_report_warm_up_instead_of_
     # was inside matplotlib when the interpreter stopped it. Here Ray and the data are instant and
     # the warm-up draws for 2 s, so the error comes while it draws.
     script = DRAW_TEXT + """
-import types
+import sys, types
 from wcrnn import tasks
 from wcrnn.sweep import runner
 runner.init_ray = lambda address: "local"
 runner.check_a_trial_fits = lambda *args: None
 runner._prepare_tracking_store = lambda uri: None
-tasks.build_task = lambda task: "task"
+tasks.build_task = lambda task: 1 / 0 if sys.argv[1] == "missing" else "task"
 runner._prepare_report = lambda: draw_text(2.0)
-runner._start_ray_while_loading(types.SimpleNamespace(task=None), "sqlite:///mlflow.db", None)
+try:
+    runner._start_ray_while_loading(types.SimpleNamespace(task=None), "sqlite:///mlflow.db", None)
+except ZeroDivisionError:
+    raise SystemExit("error: the data is missing")
 raise SystemExit("error: the tracking server refused the sweep")
 """
-    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+    def run(data: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", script, data], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300)
+
+    done = run("found")
     assert (done.returncode, done.stdout) == (1, "drawn\n"), done.stderr[-3000:]
     assert done.stderr.strip() == "error: the tracking server refused the sweep"
 
-    # a failed data load starts no warm-up: the error is printed at once
-    failing = script.replace('lambda task: "task"', "lambda task: 1 / 0").replace(
-        "runner._start_ray", "try:\n    runner._start_ray").replace(
-        "\nraise SystemExit", "\nexcept ZeroDivisionError:\n    raise SystemExit")
-    done = subprocess.run([sys.executable, "-c", failing], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    done = run("missing")  # a failed data load starts no warm-up: the error is printed at once
     assert (done.returncode, done.stdout) == (1, ""), done.stderr[-3000:]
+    assert done.stderr.strip() == "error: the data is missing"
 
 
 def test_an_error_during_the_sweep_lets_the_mlflow_writer_finish_its_plot_instead_of_crashing(tmp_path):
