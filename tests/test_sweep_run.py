@@ -124,11 +124,14 @@ client.log_metric(run.info.run_id, "val_mse", 0.25)
 
 def test_the_command_line_stops_ray_when_the_sweep_is_over_unless_workers_logs_are_shown():
     # Ray's own exit handler sleeps half a second first, so that workers' last log lines print;
-    # a sweep command stops Ray itself (its result, or its error, intact) unless they are shown.
+    # a sweep command stops Ray itself (its result, or its error, intact) unless they are shown,
+    # or waits for the shutdown that the sweep started beside its report.
     script = """
 import os, ray, typer
+from ray._private import ray_constants
 from wcrnn.errors import ConfigError
 from wcrnn.sweep.commands import _run_sweep_command
+from wcrnn.sweep.runner import stop_ray_in_background
 
 def bad_spec():
     raise ConfigError("budget.num_trials: must be at least 1")
@@ -142,6 +145,15 @@ try:
 except typer.Exit as exit:
     print("exit code:", exit.exit_code)
 print("running after an error:", ray.is_initialized())
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+raylet = ray._private.worker._global_node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process
+
+def stop_ray_then_draw_the_report():  # what run_sweep(stop_ray=True) does when the trials are over
+    stop_ray_in_background()
+    return "report"
+
+print("result:", _run_sweep_command(stop_ray_then_draw_the_report))
+print("stopped beside the report:", ray.is_initialized(), raylet.poll() is not None)
 os.environ["WCRNN_RAY_LOGS"] = "1"
 ray.init(num_cpus=1, include_dashboard=False, log_to_driver=True)
 _run_sweep_command(lambda: None)
@@ -151,7 +163,8 @@ print("running with logs shown:", ray.is_initialized())
                           env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.splitlines() == ["result: 42", "running after a sweep: False", "exit code: 2",
-                                        "running after an error: False", "running with logs shown: True"]
+                                        "running after an error: False", "result: report",
+                                        "stopped beside the report: False True", "running with logs shown: True"]
     assert "budget.num_trials: must be at least 1" in done.stderr
 
 
@@ -235,6 +248,30 @@ def test_the_node_tags_are_logged_with_the_first_epoch_and_again_only_when_the_t
     assert run.data.tags["wcrnn.node_id"] == "b" and run.data.tags["wcrnn.node_ip"] == "10.0.0.b"
     assert run.data.tags["wcrnn.device"] == "cuda (GPU b)"
     assert run.data.tags["wcrnn.last_epoch"] == "3"
+
+
+def test_the_report_warms_up_when_a_trial_ends_and_no_trial_is_left_to_start():
+    # From then on a CPU stays idle (the last trials run alone), so the warm-up slows no trial
+    import pickle
+    import threading
+    from types import SimpleNamespace
+
+    from wcrnn.sweep.idle import WhenTrialsRunOut
+
+    def trials(*statuses):
+        return [SimpleNamespace(status=status) for status in statuses]
+
+    idle = threading.Event()
+    callback = WhenTrialsRunOut(num_trials=3, event=idle)
+    callback.on_trial_complete(1, trials("TERMINATED", "RUNNING"), None)  # the search suggests the third next
+    assert not idle.is_set()
+    callback.on_trial_complete(2, trials("TERMINATED", "TERMINATED", "PENDING"), None)  # it waits for a worker
+    assert not idle.is_set()
+    callback.on_trial_error(3, trials("TERMINATED", "ERROR", "RUNNING"), None)
+    assert idle.is_set()
+    restored = pickle.loads(pickle.dumps(callback))  # Tune saves its callbacks with the sweep's state
+    assert (restored.num_trials, restored.event) == (3, None)
+    restored.on_trial_complete(4, trials("TERMINATED", "TERMINATED", "TERMINATED"), None)  # a resumed sweep's: inert
 
 
 def test_the_report_warm_up_runs_beside_pyplot_drawing_and_leaves_no_figure_open(tmp_path):
@@ -321,6 +358,7 @@ def warm_up_once_optuna_is_being_imported():  # the order in which the failure w
 runner._prepare_report = warm_up_once_optuna_is_being_imported
 spec = SweepSpec.model_validate(%r)
 started = runner._start_ray_while_loading(spec, "sqlite:///" + sys.argv[1] + "/mlflow.db", None)
+started[2].wanted.set()  # as when the trials run out (idle.WhenTrialsRunOut)
 for thread in threading.enumerate():
     if thread is not threading.main_thread():
         thread.join()
@@ -632,12 +670,12 @@ def draw_text(seconds):
 """
 
 
-def test_an_error_right_after_the_start_waits_for_the_report_warm_up_instead_of_crashing(tmp_path):
+def test_an_error_while_the_report_warms_up_waits_for_it_instead_of_crashing(tmp_path):
     # CI once saw `wcrnn sweep run` end with SIGABRT instead of its error (exit 1): the warm-up thread
     # was inside matplotlib when the interpreter stopped it. Here Ray and the data are instant and
     # the warm-up draws for 2 s, so the error comes while it draws.
     script = DRAW_TEXT + """
-import sys, types
+import sys, time, types
 from wcrnn import tasks
 from wcrnn.sweep import runner
 runner.init_ray = lambda address: "local"
@@ -646,23 +684,27 @@ runner._prepare_tracking_store = lambda uri: None
 tasks.build_task = lambda task: 1 / 0 if sys.argv[1] == "missing" else "task"
 runner._prepare_report = lambda: draw_text(2.0)
 try:
-    runner._start_ray_while_loading(types.SimpleNamespace(task=None), "sqlite:///mlflow.db", None)
+    _, _, warm_up = runner._start_ray_while_loading(types.SimpleNamespace(task=None), "sqlite:///mlflow.db", None)
 except ZeroDivisionError:
     raise SystemExit("error: the data is missing")
+if sys.argv[1] == "drawing":
+    warm_up.wanted.set()  # as when the trials run out (idle.WhenTrialsRunOut)
+    time.sleep(0.5)
 raise SystemExit("error: the tracking server refused the sweep")
 """
 
-    def run(data: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-c", script, data], cwd=tmp_path, capture_output=True, text=True,
+    def run(case: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", script, case], cwd=tmp_path, capture_output=True, text=True,
                               timeout=300)
 
-    done = run("found")
+    done = run("drawing")
     assert (done.returncode, done.stdout) == (1, "drawn\n"), done.stderr[-3000:]
     assert done.stderr.strip() == "error: the tracking server refused the sweep"
 
-    done = run("missing")  # a failed data load starts no warm-up: the error is printed at once
-    assert (done.returncode, done.stdout) == (1, ""), done.stderr[-3000:]
-    assert done.stderr.strip() == "error: the data is missing"
+    for case, error in [("found", "the tracking server refused the sweep"), ("missing", "the data is missing")]:
+        done = run(case)  # a warm-up not begun is skipped, and a failed data load starts none
+        assert (done.returncode, done.stdout) == (1, ""), done.stderr[-3000:]
+        assert done.stderr.strip() == f"error: {error}"
 
 
 def test_an_error_during_the_sweep_lets_the_mlflow_writer_finish_its_plot_instead_of_crashing(tmp_path):

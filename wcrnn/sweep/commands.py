@@ -52,11 +52,12 @@ def _run_sweep_command(action):
 
 
 def _shut_down_ray() -> None:
-    """Stop (or leave) Ray as soon as the sweep is over. Ray's own exit handler would do it later,
-    after sleeping half a second so that its workers' last log lines reach the terminal, which they
-    only do with WCRNN_RAY_LOGS set."""
-    from .runner import workers_logs_shown
+    """Stop (or leave) Ray as soon as the sweep is over, if the sweep has not stopped it already
+    (stop_ray). Ray's own exit handler would do it later, after sleeping half a second so that its
+    workers' last log lines reach the terminal, which they only do with WCRNN_RAY_LOGS set."""
+    from .runner import wait_for_ray_to_stop, workers_logs_shown
 
+    wait_for_ray_to_stop()
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized() and not workers_logs_shown():
         ray.shutdown()
@@ -102,13 +103,13 @@ def run(
     as_json: bool = typer.Option(False, "--json", help="Print the result summary as JSON on stdout."),
 ):
     """Run a sweep: Ray Tune trials with Optuna search (and ASHA if asked), every trial tracked in MLflow."""
-    from .runner import run_sweep
+    from .runner import run_sweep, workers_logs_shown
     from .spec import load_spec
 
     def action():
         loaded, text = load_spec(spec, overrides)
         return run_sweep(loaded, text, address=address, tracking_uri=tracking_uri, storage=storage,
-                         report_dir=str(report_dir) if report_dir else None)
+                         report_dir=str(report_dir) if report_dir else None, stop_ray=not workers_logs_shown())
 
     _finish(_run_sweep_command(action), as_json)
 
@@ -122,10 +123,11 @@ def resume(
     as_json: bool = typer.Option(False, "--json", help="Print the result summary as JSON."),
 ):
     """Continue an interrupted sweep: finished trials are not re-run and the search state is kept."""
-    from .runner import resume_sweep
+    from .runner import resume_sweep, workers_logs_shown
 
     result = _run_sweep_command(lambda: resume_sweep(sweep, address=address, storage=storage,
-                                              report_dir=str(report_dir) if report_dir else None))
+                                                     report_dir=str(report_dir) if report_dir else None,
+                                                     stop_ray=not workers_logs_shown()))
     _finish(result, as_json)
 
 

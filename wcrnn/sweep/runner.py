@@ -4,6 +4,9 @@
     result = run_sweep(spec, spec_text, address="auto", tracking_uri="http://mlflow:5000")
     result = resume_sweep("my-sweep")                         # after an interruption
 
+`stop_ray=True` shuts Ray down once the trials are over, while the report is drawn: for a process
+with no more use for Ray, like `wcrnn sweep run`.
+
 The driver loads the task once and hands it to every trial through Ray's object store,
 creates the MLflow parent run, and records how to find everything again in
 `<storage>/<name>/wcrnn-sweep.json`, which `resume` and `report` read.
@@ -333,11 +336,27 @@ def _prepare_tracking_store(uri: str) -> None:
     use_write_ahead_log(uri)
 
 
+@dataclass
+class ReportWarmUp:
+    """The final report's imports and caches (_prepare_report: about 1 s of CPU), warmed in the
+    loader thread once a CPU is idle for good (idle.WhenTrialsRunOut sets `wanted`), typically while
+    the last trial runs alone, instead of in the CPU-bound start-up, where it delayed the first
+    trials by 0.4 s (median of 6 interleaved pairs of small sweeps on 2 cores)."""
+
+    wanted: threading.Event = field(default_factory=threading.Event)
+    ready: Future = field(default_factory=Future)
+
+    def wait(self) -> None:
+        self.wanted.set()
+        self.ready.result()
+
+
 def _start_ray_while_loading(spec: SweepSpec, uri: str, address: str | None,
-                             resuming: bool = False) -> tuple[str, Task, Future]:
+                             resuming: bool = False) -> tuple[str, Task, ReportWarmUp]:
     """(Ray address, the sweep's task, the report's warm-up): Ray starts (or connects) while another
     thread imports PyTorch, Ray Tune, MLflow and Optuna, loads the data and opens a local tracking
-    database, since each takes seconds, and then imports what the final report needs.
+    database, since each takes seconds. Later, once a CPU is idle for good, the same thread imports
+    what the final report needs.
 
     One thread does both, in that order: two threads importing the same package at once can each
     be handed the other's half-initialised modules (seen: "cannot import name 'TrialState' from
@@ -362,7 +381,7 @@ def _start_ray_while_loading(spec: SweepSpec, uri: str, address: str | None,
             _prepare_tracking_store(uri)
         return build_task(spec.task)
 
-    loading, report_ready = Future(), Future()
+    loading, warm_up = Future(), ReportWarmUp()
     exiting = threading.Event()
 
     def in_background() -> None:
@@ -370,17 +389,20 @@ def _start_ray_while_loading(spec: SweepSpec, uri: str, address: str | None,
             loading.set_result(load())
         except BaseException as error:  # raised in the main thread by .result()
             loading.set_exception(error)
-        if loading.exception() is None and not exiting.is_set():  # no report without a sweep
-            _prepare_report()
-        report_ready.set_result(None)
+        if loading.exception() is None:  # no report without a sweep
+            warm_up.wanted.wait()
+            if not exiting.is_set():
+                _prepare_report()
+        warm_up.ready.set_result(None)
         atexit.unregister(let_the_warm_up_finish)
 
     def let_the_warm_up_finish() -> None:
         # Python stops daemon threads abruptly at exit; one inside matplotlib's C++ code then
         # crashes the process (SIGSEGV or SIGABRT, seen in CI), which buries the sweep's own error
         exiting.set()
+        warm_up.wanted.set()  # a warm-up not begun is skipped
         if loading.done():
-            wait([report_ready], timeout=60)
+            wait([warm_up.ready], timeout=60)
 
     atexit.register(let_the_warm_up_finish)
     threading.Thread(target=in_background, name="wcrnn-loader", daemon=True).start()
@@ -389,12 +411,14 @@ def _start_ray_while_loading(spec: SweepSpec, uri: str, address: str | None,
         check_a_trial_fits(spec, address, resuming)
     finally:
         wait([loading])  # it may be creating the local MLflow database: an error here must not cut that short
-    return ray_address, loading.result(), report_ready
+    return ray_address, loading.result(), warm_up
 
 
 def run_sweep(spec: SweepSpec, spec_text: str, *, address: str | None = None, tracking_uri: str | None = None,
-              storage: str | None = None, progress: bool = True, report_dir: str | None = None) -> SweepResult:
-    """Run a sweep to completion (or until interrupted: then `resume_sweep` continues it)."""
+              storage: str | None = None, progress: bool = True, report_dir: str | None = None,
+              stop_ray: bool = False) -> SweepResult:
+    """Run a sweep to completion (or until interrupted: then `resume_sweep` continues it).
+    `stop_ray`: shut Ray down (or disconnect from the cluster) when the trials are over, beside the report."""
     uri = tracking_uri or spec.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
     root = storage_root(storage, spec)
     path = f"{root}/{spec.name}"
@@ -403,10 +427,11 @@ def run_sweep(spec: SweepSpec, spec_text: str, *, address: str | None = None, tr
     if ("://" in path or filesystem is not None or Path(path).exists()) and _holds_tune_state(path, filesystem):
         raise ConfigError(f"name: a sweep called {spec.name!r} already exists in {root}; "
                           f"continue it with `wcrnn sweep resume {spec.name}` or choose another name or --storage")
-    ray_address, task, report_ready = _start_ray_while_loading(spec, uri, address)
+    ray_address, task, warm_up = _start_ray_while_loading(spec, uri, address)
     from ray import tune
 
     from .budget import TimeBudget
+    from .idle import WhenTrialsRunOut
     from .tracking import MLflowTrialCallback, SweepTracker
     artifact_root = None if "://" in uri and not is_local_database(uri) else str(Path("mlartifacts").resolve())
     tracker = SweepTracker(uri, spec)
@@ -417,7 +442,7 @@ def run_sweep(spec: SweepSpec, spec_text: str, *, address: str | None = None, tr
     _write_metadata(path, metadata)
     callback = MLflowTrialCallback(uri, experiment_id, parent_run_id, spec.model_dump_json(),
                                    retry_limit_s=spec.tracking.retry_limit_s)
-    callbacks = [callback]
+    callbacks = [callback, WhenTrialsRunOut(spec.budget.num_trials, warm_up.wanted)]
     if progress:
         from .progress import ProgressCallback
 
@@ -435,7 +460,7 @@ def run_sweep(spec: SweepSpec, spec_text: str, *, address: str | None = None, tr
                 num_to_keep=spec.checkpoints.num_to_keep, checkpoint_score_attribute=spec.checkpoint_metric,
                 checkpoint_score_order=metric_mode(spec.checkpoint_metric))),
     )
-    return _fit_and_finish(tuner, spec, metadata, callback, report_dir, report_ready)
+    return _fit_and_finish(tuner, spec, metadata, callback, report_dir, warm_up, stop_ray)
 
 
 def _holds_tune_state(path: str, filesystem) -> bool:
@@ -445,7 +470,7 @@ def _holds_tune_state(path: str, filesystem) -> bool:
 
 
 def resume_sweep(name_or_path: str, *, address: str | None = None, storage: str | None = None,
-                 report_dir: str | None = None) -> SweepResult:
+                 report_dir: str | None = None, stop_ray: bool = False) -> SweepResult:
     """Continue an interrupted sweep: finished trials stay finished, the search state is kept.
 
     Tune restores the sweep's callbacks (MLflow tracking, progress) with their state.
@@ -459,7 +484,9 @@ def resume_sweep(name_or_path: str, *, address: str | None = None, storage: str 
     inner, filesystem = storage_filesystem(path)
     if not tune.Tuner.can_restore(inner, storage_filesystem=filesystem):
         raise ConfigError(f"{path}: no Ray Tune state to resume (the sweep never started its first trial?)")
-    _, task, report_ready = _start_ray_while_loading(spec, uri, address, resuming=True)
+    # Tune restores the sweep's callbacks from its saved state, WhenTrialsRunOut without its event:
+    # a resumed sweep warms the report up at its end
+    _, task, warm_up = _start_ray_while_loading(spec, uri, address, resuming=True)
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
@@ -467,7 +494,7 @@ def resume_sweep(name_or_path: str, *, address: str | None = None, storage: str 
     client.update_run(metadata["parent_run_id"], status="RUNNING")
     tuner = tune.Tuner.restore(inner, trainable=_trainable(spec, task), resume_unfinished=True,
                                resume_errored=True, storage_filesystem=filesystem)
-    return _fit_and_finish(tuner, spec, metadata, None, report_dir, report_ready)
+    return _fit_and_finish(tuner, spec, metadata, None, report_dir, warm_up, stop_ray)
 
 
 DISCARDED = "discarded"
@@ -497,7 +524,7 @@ class SweepInterrupted(RuntimeError):
 
 
 def _fit_and_finish(tuner, spec: SweepSpec, metadata: dict, callback: MLflowTrialCallback | None,
-                    report_dir: str | None, report_ready: Future) -> SweepResult:
+                    report_dir: str | None, warm_up: ReportWarmUp, stop_ray: bool = False) -> SweepResult:
     from mlflow import MlflowClient
 
     from .budget import TimeBudget
@@ -514,6 +541,8 @@ def _fit_and_finish(tuner, spec: SweepSpec, metadata: dict, callback: MLflowTria
         if callback is not None and callback.tracking_lost:
             raise callback.lost_error() from None  # Tune wraps the callback's error; say it plainly
         raise
+    if stop_ray:  # nothing below uses Ray
+        stop_ray_in_background()
     if callback is not None:
         callback.close()
         if callback.tracking_lost or callback.failures:
@@ -528,7 +557,7 @@ def _fit_and_finish(tuner, spec: SweepSpec, metadata: dict, callback: MLflowTria
         _mark_interrupted(client, metadata, callback)
         raise SweepInterrupted(f"sweep {spec.name} interrupted with {unfinished + missing} trials to go; "
                                f"continue it with `wcrnn sweep resume {spec.name}`")
-    report_ready.result()  # a short sweep can end while the warm-up still imports the report's libraries
+    warm_up.wait()  # begins it if no CPU went idle before the end
     summary = finish_parent_run(client, spec, metadata, report_dir)
     trial_seconds = sum(float(result.metrics.get("time_total_s", 0.0)) for result in results)
     return SweepResult(spec.name, metadata["path"], metadata["tracking_uri"], metadata["experiment_id"],
@@ -537,10 +566,31 @@ def _fit_and_finish(tuner, spec: SweepSpec, metadata: dict, callback: MLflowTria
                        callback.rendering_seconds if callback is not None else 0.0)
 
 
+_ray_stopping: threading.Thread | None = None
+
+
+def stop_ray_in_background() -> None:
+    """ray.shutdown() in a thread. Most of its 0.3-1 s is waiting for Ray's processes to exit, one
+    after another, with the CPUs idle: a sweep spends it drawing its report instead."""
+    global _ray_stopping
+    import ray
+
+    if _ray_stopping is None and ray.is_initialized():
+        # not a daemon: Python's exit waits for it instead of leaving Ray's processes behind
+        _ray_stopping = threading.Thread(target=ray.shutdown, name="wcrnn-ray-shutdown")
+        _ray_stopping.start()
+
+
+def wait_for_ray_to_stop() -> None:
+    global _ray_stopping
+    if _ray_stopping is not None:
+        _ray_stopping.join()
+        _ray_stopping = None
+
+
 def _prepare_report() -> None:
     """Import what the final report needs (matplotlib, Optuna's plots and importance) and warm
-    matplotlib's caches: about 1 s of CPU, done while Ray starts, when the CPUs mostly wait for
-    Ray's processes, instead of after the last trial or while the first trials' workers import."""
+    matplotlib's caches, so that the report after the last trial does not pay for them."""
     try:
         from .. import plots
         from .report import import_optuna_plots
