@@ -675,7 +675,7 @@ def test_an_error_while_the_report_warms_up_waits_for_it_instead_of_crashing(tmp
     # was inside matplotlib when the interpreter stopped it. Here Ray and the data are instant and
     # the warm-up draws for 2 s, so the error comes while it draws.
     script = DRAW_TEXT + """
-import sys, time, types
+import sys, threading, time, types
 from wcrnn import tasks
 from wcrnn.sweep import runner
 runner.init_ray = lambda address: "local"
@@ -690,6 +690,11 @@ except ZeroDivisionError:
 if sys.argv[1] == "drawing":
     warm_up.wanted.set()  # as when the trials run out (idle.WhenTrialsRunOut)
     time.sleep(0.5)
+if sys.argv[1] == "closed":  # the sweep stopped before its report, in a process that goes on
+    warm_up.close()
+    loader = next(thread for thread in threading.enumerate() if thread.name == "wcrnn-loader")
+    loader.join(timeout=30)
+    raise SystemExit(f"the loader thread is done: {not loader.is_alive()}")
 raise SystemExit("error: the tracking server refused the sweep")
 """
 
@@ -701,10 +706,11 @@ raise SystemExit("error: the tracking server refused the sweep")
     assert (done.returncode, done.stdout) == (1, "drawn\n"), done.stderr[-3000:]
     assert done.stderr.strip() == "error: the tracking server refused the sweep"
 
-    for case, error in [("found", "the tracking server refused the sweep"), ("missing", "the data is missing")]:
+    for case, error in [("found", "error: the tracking server refused the sweep"),
+                        ("missing", "error: the data is missing"), ("closed", "the loader thread is done: True")]:
         done = run(case)  # a warm-up not begun is skipped, and a failed data load starts none
         assert (done.returncode, done.stdout) == (1, ""), done.stderr[-3000:]
-        assert done.stderr.strip() == f"error: {error}"
+        assert done.stderr.strip() == error
 
 
 def test_an_error_during_the_sweep_lets_the_mlflow_writer_finish_its_plot_instead_of_crashing(tmp_path):

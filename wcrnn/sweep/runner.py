@@ -21,7 +21,7 @@ import os
 import subprocess
 import threading
 from concurrent.futures import Future, wait
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -344,11 +344,17 @@ class ReportWarmUp:
     trials by 0.4 s (median of 6 interleaved pairs of small sweeps on 2 cores)."""
 
     wanted: threading.Event = field(default_factory=threading.Event)
+    closed: threading.Event = field(default_factory=threading.Event)  # not wanted after all
     ready: Future = field(default_factory=Future)
 
     def wait(self) -> None:
         self.wanted.set()
         self.ready.result()
+
+    def close(self) -> None:
+        """A warm-up not begun never begins: the sweep stopped before its report (an error, Ctrl-C)."""
+        self.closed.set()
+        self.wanted.set()
 
 
 def _start_ray_while_loading(spec: SweepSpec, uri: str, address: str | None,
@@ -382,7 +388,6 @@ def _start_ray_while_loading(spec: SweepSpec, uri: str, address: str | None,
         return build_task(spec.task)
 
     loading, warm_up = Future(), ReportWarmUp()
-    exiting = threading.Event()
 
     def in_background() -> None:
         try:
@@ -391,7 +396,7 @@ def _start_ray_while_loading(spec: SweepSpec, uri: str, address: str | None,
             loading.set_exception(error)
         if loading.exception() is None:  # no report without a sweep
             warm_up.wanted.wait()
-            if not exiting.is_set():
+            if not warm_up.closed.is_set():
                 _prepare_report()
         warm_up.ready.set_result(None)
         atexit.unregister(let_the_warm_up_finish)
@@ -399,8 +404,7 @@ def _start_ray_while_loading(spec: SweepSpec, uri: str, address: str | None,
     def let_the_warm_up_finish() -> None:
         # Python stops daemon threads abruptly at exit; one inside matplotlib's C++ code then
         # crashes the process (SIGSEGV or SIGABRT, seen in CI), which buries the sweep's own error
-        exiting.set()
-        warm_up.wanted.set()  # a warm-up not begun is skipped
+        warm_up.close()
         if loading.done():
             wait([warm_up.ready], timeout=60)
 
@@ -428,39 +432,40 @@ def run_sweep(spec: SweepSpec, spec_text: str, *, address: str | None = None, tr
         raise ConfigError(f"name: a sweep called {spec.name!r} already exists in {root}; "
                           f"continue it with `wcrnn sweep resume {spec.name}` or choose another name or --storage")
     ray_address, task, warm_up = _start_ray_while_loading(spec, uri, address)
-    from ray import tune
+    with closing(warm_up):  # stopped before its report (an error, Ctrl-C), it leaves no thread waiting
+        from ray import tune
 
-    from .budget import TimeBudget
-    from .idle import WhenTrialsRunOut
-    from .tracking import MLflowTrialCallback, SweepTracker
-    artifact_root = None if "://" in uri and not is_local_database(uri) else str(Path("mlartifacts").resolve())
-    tracker = SweepTracker(uri, spec)
-    experiment_id, parent_run_id = tracker.start(spec_text, ray_address, code_version(), artifact_root)
-    metadata = {"name": spec.name, "spec": spec.model_dump(mode="json"), "spec_text": spec_text,
-                "tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent_run_id,
-                "storage": root, "path": path}
-    _write_metadata(path, metadata)
-    callback = MLflowTrialCallback(uri, experiment_id, parent_run_id, spec.model_dump_json(),
-                                   retry_limit_s=spec.tracking.retry_limit_s)
-    callbacks = [callback, WhenTrialsRunOut(spec.budget.num_trials, warm_up.wanted)]
-    if progress:
-        from .progress import ProgressCallback
+        from .budget import TimeBudget
+        from .idle import WhenTrialsRunOut
+        from .tracking import MLflowTrialCallback, SweepTracker
+        artifact_root = None if "://" in uri and not is_local_database(uri) else str(Path("mlartifacts").resolve())
+        tracker = SweepTracker(uri, spec)
+        experiment_id, parent_run_id = tracker.start(spec_text, ray_address, code_version(), artifact_root)
+        metadata = {"name": spec.name, "spec": spec.model_dump(mode="json"), "spec_text": spec_text,
+                    "tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent_run_id,
+                    "storage": root, "path": path}
+        _write_metadata(path, metadata)
+        callback = MLflowTrialCallback(uri, experiment_id, parent_run_id, spec.model_dump_json(),
+                                       retry_limit_s=spec.tracking.retry_limit_s)
+        callbacks = [callback, WhenTrialsRunOut(spec.budget.num_trials, warm_up.wanted)]
+        if progress:
+            from .progress import ProgressCallback
 
-        callbacks.append(ProgressCallback(spec))
-    tuner = tune.Tuner(
-        _trainable(spec, task),
-        tune_config=tune.TuneConfig(
-            metric=spec.objective.metric, mode=spec.objective.mode, search_alg=_searcher(spec),
-            scheduler=_scheduler(spec), num_samples=spec.budget.num_trials, reuse_actors=_single_node()),
-        run_config=tune.RunConfig(
-            name=spec.name, storage_path=storage_path, storage_filesystem=filesystem, verbose=0, callbacks=callbacks,
-            stop=TimeBudget(spec.budget.time_budget_s) if spec.budget.time_budget_s else None,
-            failure_config=tune.FailureConfig(max_failures=spec.budget.max_failures),
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=spec.checkpoints.num_to_keep, checkpoint_score_attribute=spec.checkpoint_metric,
-                checkpoint_score_order=metric_mode(spec.checkpoint_metric))),
-    )
-    return _fit_and_finish(tuner, spec, metadata, callback, report_dir, warm_up, stop_ray)
+            callbacks.append(ProgressCallback(spec))
+        tuner = tune.Tuner(
+            _trainable(spec, task),
+            tune_config=tune.TuneConfig(
+                metric=spec.objective.metric, mode=spec.objective.mode, search_alg=_searcher(spec),
+                scheduler=_scheduler(spec), num_samples=spec.budget.num_trials, reuse_actors=_single_node()),
+            run_config=tune.RunConfig(
+                name=spec.name, storage_path=storage_path, storage_filesystem=filesystem, verbose=0, callbacks=callbacks,
+                stop=TimeBudget(spec.budget.time_budget_s) if spec.budget.time_budget_s else None,
+                failure_config=tune.FailureConfig(max_failures=spec.budget.max_failures),
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=spec.checkpoints.num_to_keep, checkpoint_score_attribute=spec.checkpoint_metric,
+                    checkpoint_score_order=metric_mode(spec.checkpoint_metric))),
+        )
+        return _fit_and_finish(tuner, spec, metadata, callback, report_dir, warm_up, stop_ray)
 
 
 def _holds_tune_state(path: str, filesystem) -> bool:
@@ -487,14 +492,15 @@ def resume_sweep(name_or_path: str, *, address: str | None = None, storage: str 
     # Tune restores the sweep's callbacks from its saved state, WhenTrialsRunOut without its event:
     # a resumed sweep warms the report up at its end
     _, task, warm_up = _start_ray_while_loading(spec, uri, address, resuming=True)
-    from mlflow import MlflowClient
+    with closing(warm_up):  # stopped before its report (an error, Ctrl-C), it leaves no thread waiting
+        from mlflow import MlflowClient
 
-    client = MlflowClient(uri)
-    _discard_unrecorded_trial_runs(client, metadata, tune.ExperimentAnalysis(inner, storage_filesystem=filesystem))
-    client.update_run(metadata["parent_run_id"], status="RUNNING")
-    tuner = tune.Tuner.restore(inner, trainable=_trainable(spec, task), resume_unfinished=True,
-                               resume_errored=True, storage_filesystem=filesystem)
-    return _fit_and_finish(tuner, spec, metadata, None, report_dir, warm_up, stop_ray)
+        client = MlflowClient(uri)
+        _discard_unrecorded_trial_runs(client, metadata, tune.ExperimentAnalysis(inner, storage_filesystem=filesystem))
+        client.update_run(metadata["parent_run_id"], status="RUNNING")
+        tuner = tune.Tuner.restore(inner, trainable=_trainable(spec, task), resume_unfinished=True,
+                                   resume_errored=True, storage_filesystem=filesystem)
+        return _fit_and_finish(tuner, spec, metadata, None, report_dir, warm_up, stop_ray)
 
 
 DISCARDED = "discarded"
