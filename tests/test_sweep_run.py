@@ -131,7 +131,7 @@ import os, ray, typer
 from ray._private import ray_constants
 from wcrnn.errors import ConfigError
 from wcrnn.sweep.commands import _run_sweep_command
-from wcrnn.sweep.runner import stop_ray_in_background
+from wcrnn.sweep.runner import init_ray, stop_ray_in_background
 
 def bad_spec():
     raise ConfigError("budget.num_trials: must be at least 1")
@@ -154,6 +154,11 @@ def stop_ray_then_draw_the_report():  # what run_sweep(stop_ray=True) does when 
 
 print("result:", _run_sweep_command(stop_ray_then_draw_the_report))
 print("stopped beside the report:", ray.is_initialized(), raylet.poll() is not None)
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+raylet = ray._private.worker._global_node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process
+stop_ray_in_background()  # and a next sweep in this process starts at once: its own Ray, not the stopping one
+print("next sweep's Ray:", init_ray(None), ray.is_initialized(), raylet.poll() is not None)
+ray.shutdown()
 os.environ["WCRNN_RAY_LOGS"] = "1"
 ray.init(num_cpus=1, include_dashboard=False, log_to_driver=True)
 _run_sweep_command(lambda: None)
@@ -164,7 +169,8 @@ print("running with logs shown:", ray.is_initialized())
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.splitlines() == ["result: 42", "running after a sweep: False", "exit code: 2",
                                         "running after an error: False", "result: report",
-                                        "stopped beside the report: False True", "running with logs shown: True"]
+                                        "stopped beside the report: False True", "next sweep's Ray: local True True",
+                                        "running with logs shown: True"]
     assert "budget.num_trials: must be at least 1" in done.stderr
 
 

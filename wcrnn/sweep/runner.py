@@ -189,6 +189,7 @@ def init_ray(address: str | None) -> str:
     """Connect to a cluster (`auto`, `ray://…`, `HOST:PORT`) or start Ray in-process."""
     import ray
 
+    wait_for_ray_to_stop()  # an earlier sweep in this process may still be stopping its Ray
     if ray.is_initialized():
         return ray.get_runtime_context().gcs_address or "local"
     quiet_environment()
@@ -243,6 +244,29 @@ def _without_cluster_services(keep_log_monitor: bool):
     finally:
         for owner, name, original in originals:
             setattr(owner, name, original)
+
+
+_ray_stopping: threading.Thread | None = None
+
+
+def stop_ray_in_background() -> None:
+    """ray.shutdown() in a thread. Most of its 0.3-1 s is waiting for Ray's processes to exit, one
+    after another, with the CPUs idle: a sweep spends it drawing its report instead."""
+    global _ray_stopping
+    import ray
+
+    wait_for_ray_to_stop()  # an earlier sweep's, in this process
+    if ray.is_initialized():
+        # not a daemon: Python's exit waits for it instead of leaving Ray's processes behind
+        _ray_stopping = threading.Thread(target=ray.shutdown, name="wcrnn-ray-shutdown")
+        _ray_stopping.start()
+
+
+def wait_for_ray_to_stop() -> None:
+    global _ray_stopping
+    if _ray_stopping is not None:
+        _ray_stopping.join()
+        _ray_stopping = None
 
 
 def check_a_trial_fits(spec: SweepSpec, address: str | None, resuming: bool = False) -> None:
@@ -570,28 +594,6 @@ def _fit_and_finish(tuner, spec: SweepSpec, metadata: dict, callback: MLflowTria
                        metadata["parent_run_id"], summary["counts"], summary["best"], summary["report_dir"],
                        trial_seconds, callback.tracking_seconds if callback is not None else 0.0,
                        callback.rendering_seconds if callback is not None else 0.0)
-
-
-_ray_stopping: threading.Thread | None = None
-
-
-def stop_ray_in_background() -> None:
-    """ray.shutdown() in a thread. Most of its 0.3-1 s is waiting for Ray's processes to exit, one
-    after another, with the CPUs idle: a sweep spends it drawing its report instead."""
-    global _ray_stopping
-    import ray
-
-    if _ray_stopping is None and ray.is_initialized():
-        # not a daemon: Python's exit waits for it instead of leaving Ray's processes behind
-        _ray_stopping = threading.Thread(target=ray.shutdown, name="wcrnn-ray-shutdown")
-        _ray_stopping.start()
-
-
-def wait_for_ray_to_stop() -> None:
-    global _ray_stopping
-    if _ray_stopping is not None:
-        _ray_stopping.join()
-        _ray_stopping = None
 
 
 def _prepare_report() -> None:
