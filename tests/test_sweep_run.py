@@ -681,21 +681,22 @@ def test_an_error_while_the_report_warms_up_waits_for_it_instead_of_crashing(tmp
     # was inside matplotlib when the interpreter stopped it. Here Ray and the data are instant and
     # the warm-up draws for 2 s, so the error comes while it draws.
     script = DRAW_TEXT + """
-import sys, threading, time, types
+import sys, threading, types
 from wcrnn import tasks
 from wcrnn.sweep import runner
 runner.init_ray = lambda address: "local"
 runner.check_a_trial_fits = lambda *args: None
 runner._prepare_tracking_store = lambda uri: None
 tasks.build_task = lambda task: 1 / 0 if sys.argv[1] == "missing" else "task"
-runner._prepare_report = lambda: draw_text(2.0)
+drawing = threading.Event()
+runner._prepare_report = lambda: (drawing.set(), draw_text(2.0))
 try:
     _, _, warm_up = runner._start_ray_while_loading(types.SimpleNamespace(task=None), "sqlite:///mlflow.db", None)
 except ZeroDivisionError:
     raise SystemExit("error: the data is missing")
 if sys.argv[1] == "drawing":
     warm_up.wanted.set()  # as when the trials run out (idle.WhenTrialsRunOut)
-    time.sleep(0.5)
+    assert drawing.wait(timeout=30)
 if sys.argv[1] == "closed":  # the sweep stopped before its report, in a process that goes on
     warm_up.close()
     loader = next(thread for thread in threading.enumerate() if thread.name == "wcrnn-loader")
