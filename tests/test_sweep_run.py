@@ -810,6 +810,36 @@ def test_learning_curves_go_on_a_log_axis_when_one_trial_is_orders_of_magnitude_
     assert scales == ["linear", "log", "linear"]
 
 
+def test_a_laid_out_figure_is_drawn_once_when_saved_and_its_labels_stay_inside(tmp_path, monkeypatch):
+    # tight_layout measures the text and leaves a placeholder layout engine behind, for which
+    # savefig would draw the whole figure once more before drawing it into the file.
+    from matplotlib.figure import Figure
+    import wcrnn.plots as plots
+
+    draws = []
+    original_draw = Figure.draw
+    monkeypatch.setattr(Figure, "draw", lambda figure, renderer: draws.append(figure) or original_draw(figure, renderer))
+    figure = Figure(figsize=(4, 3))
+    axis = figure.add_subplot()
+    axis.plot([1e-4, 1e-2], [3e4, 1e5])
+    axis.set(xscale="log", xlabel="a long parameter name", ylabel="val_loss", title="a title")
+    path = plots.save_figure(figure, tmp_path / "figure.png")
+    assert len(draws) == 1
+    assert figure.get_dpi() == plots.DPI
+    from PIL import Image
+
+    assert Image.open(path).size == (4 * plots.DPI, 3 * plots.DPI)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    page = figure.bbox
+    low, high = axis.get_ylim()
+    shown = [label for label, at in zip(axis.get_yticklabels(), axis.get_yticks()) if low <= at <= high]
+    for text in (axis.xaxis.label, axis.yaxis.label, axis.title, *shown):
+        box = text.get_window_extent(renderer)
+        assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0 and box.y1 <= page.y1, (text.get_text(), box)
+
+
 @pytest.mark.parametrize("scale", [1e-4, 3e-3, 0.05, 2.0, 700.0, 3e4])
 def test_the_spectrum_figure_keeps_every_label_inside_its_fixed_margins(tmp_path, monkeypatch, scale):
     # Drawn for every trial, it has fixed margins instead of tight_layout's extra pass (25 ms of 80):

@@ -19,12 +19,21 @@ import matplotlib.pyplot as plt
 plt.switch_backend("Agg")
 
 
+DPI = 120
+
+
 def save_figure(figure, path, tight_layout: bool = True) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if tight_layout:  # an extra drawing pass; the spectrum figure has fixed margins instead
+    # Laid out at the dpi it is saved at, the figure's text is measured once: the saving pass finds
+    # the sizes in matplotlib's cache, which is kept per renderer, i.e. per dpi.
+    figure.set_dpi(DPI)
+    if tight_layout:  # an extra measuring pass; the spectrum figure has fixed margins instead
         figure.tight_layout()
-    figure.savefig(path, dpi=120)
+        # tight_layout leaves a placeholder layout engine behind, and savefig makes one more full
+        # drawing pass for any engine; the picture is the same without it
+        figure.set_layout_engine(None)
+    figure.savefig(path, dpi=DPI)
     plt.close(figure)
     return path
 
@@ -36,12 +45,12 @@ def warm_up() -> None:
     about 0.4 s. Uses no pyplot state, so another thread may draw meanwhile."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(2, 2))
+    figure = Figure(figsize=(2, 2), dpi=DPI)
     axis = figure.add_subplot()
     axis.plot([1e-3, 1e-2], [0.0, 1.0])
     axis.set(xscale="log", xlabel="lr", ylabel="loss", title="warm-up")
     figure.tight_layout()
-    figure.savefig(io.BytesIO(), format="png", dpi=120)
+    figure.savefig(io.BytesIO(), format="png", dpi=DPI)
 
 
 def plot_lyapunov_spectrum(exponents: Sequence[float], path, spread: Sequence[float] | None = None,
