@@ -433,7 +433,9 @@ def worker_import_seconds(repeats: int) -> float:
     """Median wall time of what a trial worker imports before its first trial (Ray Tune, PyTorch,
     the trainable), in a fresh process on an otherwise idle machine: the floor under a sweep's
     start-up, since each of the first workers pays it and they share the machine's cores."""
-    probe = "import time; t = time.perf_counter(); import ray.tune, wcrnn.sweep.trainable; print(time.perf_counter() - t)"
+    from wcrnn.sweep.runner import TRIAL_MODULES
+
+    probe = f"import time; t = time.perf_counter(); import {', '.join(TRIAL_MODULES)}; print(time.perf_counter() - t)"
     return statistics.median_high(float(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                                                        check=True, timeout=300).stdout) for _ in range(repeats))
 

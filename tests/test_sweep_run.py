@@ -122,6 +122,36 @@ client.log_metric(run.info.run_id, "val_mse", 0.25)
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
+def test_a_sweep_of_a_generated_task_never_imports_pytorch_in_its_driver(tmp_path):
+    # The trials make the adding problem themselves (once per process), so the driver needs no
+    # PyTorch: seconds of CPU less in a start-up that the trial workers' own imports share.
+    # Python's import log on stderr names every module the driver imports; the trials' own logs
+    # go to Ray's files.
+    spec = {"name": "generated", "task": {"name": "adding", "length": 20, "num_train": 128, "num_val": 64,
+                                          "num_test": 64},
+            "model": {"name": "wcrnn", "hidden_size": 8, "residual": "rotational"},
+            "training": {"batch_size": 32}, "search_space": {"lr": {"distribution": "loguniform", "low": 1e-3, "high": 1e-2}},
+            "objective": {"metric": "val_mse", "mode": "min"}, "budget": {"num_trials": 2, "max_epochs": 1},
+            "resources": {"cpu": 1, "max_concurrent": 2}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    done = subprocess.run([*WCRNN, "sweep", "run", "spec.yaml", "--json"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600, env={**ENV, "PYTHONPROFILEIMPORTTIME": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    imported = {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert {"ray.tune", "mlflow", "optuna", "matplotlib"} <= imported  # the log is there
+    assert not {name for name in imported if name == "torch" or name.startswith("torch.")}
+    summary = json.loads(done.stdout)
+    assert summary["counts"] == {"finished": 2}
+    _, _, children = runs_of(tmp_path, "generated")
+    assert all(math.isfinite(child.data.metrics["val_mse"]) for child in children)
+    # Tune's result files are still written (resume reads result.json), its TensorBoard files not
+    trial_folders = [folder for folder in (tmp_path / "wcrnn_runs" / "generated").iterdir() if folder.is_dir()]
+    assert len(trial_folders) == 2
+    for folder in trial_folders:
+        assert (folder / "result.json").read_text().strip() and (folder / "progress.csv").exists()
+        assert not list(folder.glob("events.out.tfevents*"))
+
+
 def test_the_command_line_stops_ray_when_the_sweep_is_over_unless_workers_logs_are_shown():
     # Ray's own exit handler sleeps half a second first, so that workers' last log lines print;
     # a sweep command stops Ray itself (its result, or its error, intact) unless they are shown,
@@ -376,7 +406,10 @@ def test_the_data_loads_and_the_report_warms_up_when_the_caller_has_imported_mlf
     """The sweep imports Optuna while Ray starts, once for the search and once for the report. In two
     threads at once that failed: 'cannot import name TrialState from partially initialized module
     optuna.trial', which ended the sweep (and silently skipped the warm-up)."""
-    script = LOADING_BESIDE_THE_WARM_UP % (small_spec("loading"),)
+    # a task read from files: the loader thread loads it (a generated one is left to the trials)
+    spec = small_spec("loading", task={"name": "smnist", "source": "mnist5k", "limit_train": 64, "limit_eval": 32},
+                      objective={"metric": "val_accuracy", "mode": "max"})
+    script = LOADING_BESIDE_THE_WARM_UP % (spec,)
     completed = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
                                timeout=300)
     assert completed.returncode == 0, completed.stderr[-2000:]
@@ -432,7 +465,7 @@ def test_the_ray_a_sweep_starts_preloads_the_trial_modules_and_retries_its_objec
     assert "auth mode token" in done.stdout and "Token authentication" not in done.stderr
     config, settings_after = (json.loads(line) for line in done.stdout.strip().splitlines()[-2:])
     assert "object_spilling_config" in config and "object_spilling_config" not in settings_after
-    assert config["preload_python_modules"] == ["ray.tune", "wcrnn.sweep.trainable"]
+    assert config["preload_python_modules"] == ["ray.tune", "wcrnn.train", "wcrnn.sweep.trainable"]
     retry_ms, attempts = config["raylet_client_connect_timeout_milliseconds"], config["raylet_client_num_connect_attempts"]
     assert retry_ms <= 100 and retry_ms * attempts >= 10_000  # Ray's default patience: 10 tries 1 s apart
 
@@ -691,7 +724,8 @@ tasks.build_task = lambda task: 1 / 0 if sys.argv[1] == "missing" else "task"
 drawing = threading.Event()
 runner._prepare_report = lambda: (drawing.set(), draw_text(2.0))
 try:
-    _, _, warm_up = runner._start_ray_while_loading(types.SimpleNamespace(task=None), "sqlite:///mlflow.db", None)
+    spec = types.SimpleNamespace(task={"name": "smnist", "source": "mnist5k"})  # loaded by the driver
+    _, _, warm_up = runner._start_ray_while_loading(spec, "sqlite:///mlflow.db", None)
 except ZeroDivisionError:
     raise SystemExit("error: the data is missing")
 if sys.argv[1] == "drawing":

@@ -7,7 +7,8 @@
 `stop_ray=True` shuts Ray down once the trials are over, while the report is drawn: for a process
 with no more use for Ray, like `wcrnn sweep run`.
 
-The driver loads the task once and hands it to every trial through Ray's object store,
+The driver loads a task read from files once and hands it to every trial through Ray's object
+store (a generated task is made by each trial process instead, so the driver never imports PyTorch),
 creates the MLflow parent run, and records how to find everything again in
 `<storage>/<name>/wcrnn-sweep.json`, which `resume` and `report` read.
 """
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from ..errors import ConfigError, ServiceUnavailable
+from ..tasks.config import TaskConfigAdapter
 from .spec import SweepSpec, is_local_database, metric_mode
 
 # Ray Tune, MLflow and Optuna (seconds of imports) are imported where they are used: a sweep
@@ -117,6 +119,10 @@ def quiet_environment() -> None:
     """The settings of quiet_libraries that are environment variables: set before Ray starts, so that
     Ray's processes inherit them."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic reporter honours verbose=0
+    # Tune's own result files are passed as callbacks (result.json, which resume reads, and
+    # progress.csv), not its TensorBoard files: tensorboardX imports PyTorch into the driver, a
+    # second of CPU in the start-up, and MLflow has every metric. Set to 0 to have them too.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # stdout is for --json
@@ -150,7 +156,7 @@ def quiet_libraries() -> None:
 #   ray.init already started, where TRIAL_MODULES (about 4 s of Ray Tune and PyTorch imports) were
 #   imported while the driver set up MLflow and Tune; any other environment starts a new process.
 CREDENTIALS_NOT_PROPAGATED = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN")
-TRIAL_MODULES = ("ray.tune", "wcrnn.sweep.trainable")
+TRIAL_MODULES = ("ray.tune", "wcrnn.train", "wcrnn.sweep.trainable")  # the trainable itself imports no PyTorch
 
 # The settings of a Ray that a sweep starts itself:
 # - its prestarted workers import TRIAL_MODULES (see above), and the raylet starts them as soon as it
@@ -382,10 +388,11 @@ class ReportWarmUp:
 
 
 def _start_ray_while_loading(spec: SweepSpec, uri: str, address: str | None,
-                             resuming: bool = False) -> tuple[str, Task, ReportWarmUp]:
-    """(Ray address, the sweep's task, the report's warm-up): Ray starts (or connects) while another
-    thread imports PyTorch, Ray Tune, MLflow and Optuna, loads the data and opens a local tracking
-    database, since each takes seconds. Later, once a CPU is idle for good, the same thread imports
+                             resuming: bool = False) -> tuple[str, Task | None, ReportWarmUp]:
+    """(Ray address, the sweep's task or None for a generated one, the report's warm-up): Ray starts
+    (or connects) while another thread imports Ray Tune, MLflow and Optuna, opens a local tracking
+    database and loads the data of a task read from files (PyTorch's import included), since each
+    takes seconds. Later, once a CPU is idle for good, the same thread imports
     what the final report needs.
 
     One thread does both, in that order: two threads importing the same package at once can each
@@ -402,13 +409,15 @@ def _start_ray_while_loading(spec: SweepSpec, uri: str, address: str | None,
         quiet_libraries()
         _prepare_tracking_store(uri)
 
-    def load() -> Task:
-        from ..tasks import build_task  # and PyTorch, a second or two
-
+    def load() -> Task | None:
         quiet_libraries()
         adjust_trial_runtime_environment()
         if local_store:
             _prepare_tracking_store(uri)
+        if TaskConfigAdapter.validate_python(spec.task).generated:
+            return None  # made by each trial process: it imports PyTorch anyway, this one need not
+        from ..tasks import build_task  # and PyTorch, a second or two
+
         return build_task(spec.task)
 
     loading, warm_up = Future(), ReportWarmUp()
@@ -471,7 +480,10 @@ def run_sweep(spec: SweepSpec, spec_text: str, *, address: str | None = None, tr
         _write_metadata(path, metadata)
         callback = MLflowTrialCallback(uri, experiment_id, parent_run_id, spec.model_dump_json(),
                                        retry_limit_s=spec.tracking.retry_limit_s)
-        callbacks = [callback, WhenTrialsRunOut(spec.budget.num_trials, warm_up.wanted)]
+        from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+        callbacks = [callback, WhenTrialsRunOut(spec.budget.num_trials, warm_up.wanted), CSVLoggerCallback(),
+                     JsonLoggerCallback()]  # Tune's defaults but TensorBoard's (quiet_environment)
         if progress:
             from .progress import ProgressCallback
 

@@ -1,9 +1,11 @@
 """The Ray Tune trainable: one trial = one `wcrnn.train.train` run.
 
 Each epoch is reported with `ray.tune.report` together with a checkpoint, so Tune can
-resume the trial on any node and ASHA can stop it early. The task's data arrive through
+resume the trial on any node and ASHA can stop it early. A task read from files arrives through
 `tune.with_parameters`, i.e. through Ray's object store: loaded once by the driver and
-shared by every trial on a node instead of being loaded once per trial.
+shared by every trial on a node instead of being loaded once per trial. A generated task
+(adding problem, teacher-student) is made by each trial process from its config, once per
+process: the driver then never imports PyTorch.
 
 A trial never talks to MLflow; the driver's tracking callback does that from the reports.
 
@@ -20,12 +22,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
-from ..checkpoint import CHECKPOINT_FILE, load_checkpoint
 from ..errors import CheckpointError
-from ..train import train
 from .spec import SweepSpec, metric_mode
+
+# PyTorch and the training code (seconds of imports) are imported by the trial: the driver imports
+# this module too, for the trainable and its helpers. Trial workers preload them (runner.TRIAL_MODULES).
 
 DIVERGED = "diverged"
 
@@ -53,8 +54,13 @@ def tune_metrics(metrics: dict, spec: SweepSpec) -> dict:
 
 
 def wcrnn_trial(config: dict, spec_json: str, task) -> None:
-    """Function trainable. `config` holds the sampled values keyed by dotted path."""
+    """Function trainable. `config` holds the sampled values keyed by dotted path; `task` is the
+    sweep's task, or None for a generated task, which `train` then builds (once per process)."""
+    import torch
     from ray import tune
+
+    from ..checkpoint import CHECKPOINT_FILE
+    from ..train import train
 
     spec = SweepSpec.model_validate_json(spec_json)
     cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
@@ -154,6 +160,8 @@ def _older_checkpoints(checkpoint) -> list[str]:
 
 def _fetch(checkpoint, shown: str, folder: Path) -> Path:
     """Copy a Tune checkpoint's file into `folder` and check that it loads; errors name `shown`."""
+    from ..checkpoint import CHECKPOINT_FILE, load_checkpoint
+
     named = f"{shown.rstrip('/')}/{CHECKPOINT_FILE}"
     folder.mkdir(parents=True)
     local = folder / CHECKPOINT_FILE

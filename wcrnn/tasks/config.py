@@ -7,13 +7,15 @@ instead of being ignored.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    # Made from the config alone, no files read: every process that builds it gets the same data.
+    generated: ClassVar[bool] = False
 
 
 class _ImageConfig(_Config):
@@ -62,6 +64,7 @@ class AddingConfig(_Config):
     """Hochreiter & Schmidhuber's adding problem."""
 
     name: Literal["adding"] = "adding"
+    generated: ClassVar[bool] = True
     length: int = Field(100, ge=2)
     num_train: int = Field(10000, gt=0)
     num_val: int = Field(1000, gt=0)
@@ -73,6 +76,7 @@ class TeacherStudentConfig(_Config):
     """Linear teacher of Zucchet & Orvieto (2024); nu0 -> 1 means longer memory."""
 
     name: Literal["teacher_student"] = "teacher_student"
+    generated: ClassVar[bool] = True
     nu0: float = Field(0.99, ge=0, lt=1)  # smallest eigenvalue modulus
     # Largest phase; beyond pi the phases would wrap around and leave [-theta0, theta0].
     theta0: float = Field(math.pi, gt=0, le=math.pi)
