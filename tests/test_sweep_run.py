@@ -127,12 +127,7 @@ def test_a_sweep_of_a_generated_task_never_imports_pytorch_in_its_driver(tmp_pat
     # PyTorch: seconds of CPU less in a start-up that the trial workers' own imports share.
     # Python's import log on stderr names every module the driver imports; the trials' own logs
     # go to Ray's files.
-    spec = {"name": "generated", "task": {"name": "adding", "length": 20, "num_train": 128, "num_val": 64,
-                                          "num_test": 64},
-            "model": {"name": "wcrnn", "hidden_size": 8, "residual": "rotational"},
-            "training": {"batch_size": 32}, "search_space": {"lr": {"distribution": "loguniform", "low": 1e-3, "high": 1e-2}},
-            "objective": {"metric": "val_mse", "mode": "min"}, "budget": {"num_trials": 2, "max_epochs": 1},
-            "resources": {"cpu": 1, "max_concurrent": 2}}
+    spec = small_spec("generated", budget={"num_trials": 2, "max_epochs": 1})  # the adding problem
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     done = subprocess.run([*WCRNN, "sweep", "run", "spec.yaml", "--json"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=600, env={**ENV, "PYTHONPROFILEIMPORTTIME": "1"})
@@ -847,7 +842,9 @@ def test_learning_curves_go_on_a_log_axis_when_one_trial_is_orders_of_magnitude_
 def test_a_laid_out_figure_is_drawn_once_when_saved_and_its_labels_stay_inside(tmp_path, monkeypatch):
     # tight_layout measures the text and leaves a placeholder layout engine behind, for which
     # savefig would draw the whole figure once more before drawing it into the file.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from PIL import Image
     import wcrnn.plots as plots
 
     draws = []
@@ -860,11 +857,7 @@ def test_a_laid_out_figure_is_drawn_once_when_saved_and_its_labels_stay_inside(t
     path = plots.save_figure(figure, tmp_path / "figure.png")
     assert len(draws) == 1
     assert figure.get_dpi() == plots.DPI
-    from PIL import Image
-
     assert Image.open(path).size == (4 * plots.DPI, 3 * plots.DPI)
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
     renderer = FigureCanvasAgg(figure).get_renderer()
     page = figure.bbox
     low, high = axis.get_ylim()
