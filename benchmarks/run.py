@@ -2,6 +2,7 @@
 
     make bench                                   (full: 16-24 minutes on 2 cores)
     .venv/bin/python benchmarks/run.py --smoke   (tiny sizes; CI runs this to keep it working)
+    .venv/bin/python benchmarks/run.py --table-of benchmarks/results/benchmark.json   (the table again)
 
 What is measured (each against a baseline measured in the same run, on the same machine):
 
@@ -28,6 +29,9 @@ What is measured (each against a baseline measured in the same run, on the same 
 
 5. Denormal floats: the training step of models whose gradients reach them (a forgetting WCRNN,
    the LRU, nn.RNN) with denormals flushed to zero, as wcrnn's training does, and kept.
+
+The table opens with the benchmark issue's targets (STEP_TARGET and the others below), each
+with what this run measured at its size and whether it is met.
 
 Timings are the best of a few repeats after a warm-up; ratios, not seconds, are the result.
 The allocator setting and the denormal flushing wcrnn trains with (wcrnn/memory.py,
@@ -469,11 +473,69 @@ def machine() -> dict:
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "python": platform.python_version()}
 
 
+# The benchmark issue's targets, on a 2-core machine like the build machine.
+STEP_TARGET = 1.2  # WCRNN training step / torch.nn.RNN's at N = 128, T = 784, batch 64 ...
+STEP_TARGET_RESIDUALS = ("homogeneous", "rotational", "heterogeneous")  # ... for these residual kinds
+SPECTRUM_TARGET_SECONDS = 5.0  # full Lyapunov spectrum, N = 128, T = 784, 32 sequences
+OVERHEAD_TARGET = 0.10  # share of a sweep's wall time (8 trials of about 20 s, 2 at a time)
+MLFLOW_TARGET = 0.01  # MLflow calls' share of trial time
+
+
+def target_rows(results: dict) -> list[dict]:
+    """Each target with what this run measured for it and whether it is met. A run that did not
+    measure at a target's size (a smoke run, `--devices cuda`) has no row for that target."""
+    def span(values, fmt: str) -> str:
+        low, high = min(values), max(values)
+        return fmt.format(low) if fmt.format(low) == fmt.format(high) else f"{fmt.format(low)}–{fmt.format(high)}"
+
+    targets = []
+    steps = [row for row in results.get("recurrence", []) if row["device"] == "cpu" and row["model"] == "wcrnn"
+             and row["heads"] == 1 and row["residual"] in STEP_TARGET_RESIDUALS
+             and (row["hidden_size"], row["steps"], row["batch"]) == (128, 784, 64)]
+    if steps:
+        ratios = [row["ratio_to_nn_rnn"] for row in steps]
+        targets.append({"target": f"WCRNN training step ≤ {STEP_TARGET:g}× torch.nn.RNN (CPU, N = 128, T = 784, "
+                                  f"batch 64; {', '.join(STEP_TARGET_RESIDUALS)})",
+                        "measured": span(ratios, "{:.2f}") + "×", "met": max(ratios) <= STEP_TARGET})
+    spectra = [row for row in results.get("lyapunov", []) if row.get("device", "cpu") == "cpu"
+               and row["ons_interval"] == "auto" and (row["hidden_size"], row["steps"], row["sequences"]) == (128, 784, 32)]
+    if spectra:
+        seconds = [row["seconds"] for row in spectra]
+        targets.append({"target": f"Full Lyapunov spectrum (N = 128, T = 784, 32 sequences) under "
+                                  f"{SPECTRUM_TARGET_SECONDS:g} s", "measured": span(seconds, "{:.2f}") + " s",
+                        "met": max(seconds) < SPECTRUM_TARGET_SECONDS})
+    sweeps = [row for row in results.get("sweep", []) if row.get("target_trial_seconds")]
+    for label, kind, pick in (("the sweep in the benchmark's process (median)", EMBEDDED, statistics.median_high),
+                              ("`wcrnn sweep run`, launch to exit (the worst run)", COMMAND_LINE, max)):
+        rows = [row for row in sweeps if row["ray"] == kind]
+        if rows:
+            measured = pick(row["overhead_share_of_wall"] for row in rows)
+            with_target_trials = pick(row["overhead_share_with_target_trials"] for row in rows)
+            # met only if both are: the trials run longer or shorter than the 20 s they were sized to
+            targets.append({"target": f"Sweep overhead under {OVERHEAD_TARGET:.0%} of wall time: {label}",
+                            "measured": f"{measured:.1%} ({with_target_trials:.1%} with "
+                                        f"{rows[0]['target_trial_seconds']:g}-s trials)",
+                            "met": max(measured, with_target_trials) < OVERHEAD_TARGET})
+    if sweeps:
+        shares = [row["mlflow_share_of_trial_time"] for row in sweeps]
+        targets.append({"target": f"MLflow logging under {MLFLOW_TARGET:.0%} of trial time (every sweep)",
+                        "measured": span([100 * share for share in shares], "{:.2f}") + "%",
+                        "met": max(shares) < MLFLOW_TARGET})
+    return targets
+
+
 def markdown(results: dict) -> str:
     info = results["machine"]
     lines = [f"Measured {results['date']} on {info['cpu']}, {info['cores']} cores, torch {info['torch']} "
              f"({info['torch_threads']} threads){', GPU ' + info['gpu'] if info['gpu'] else ', no GPU'}; "
              f"`{results['command']}`.", ""]
+    targets = target_rows(results)
+    if targets:
+        lines += [f"**Targets**: {sum(row['met'] for row in targets)} of {len(targets)} met in this run"
+                  + ("" if info["cores"] == 2 else f" (they are set for 2 cores; this machine has {info['cores']})") + ".",
+                  "", "| target | measured | |", "|---|---|---|"]
+        lines += [f"| {row['target']} | {row['measured']} | {'met' if row['met'] else '**missed**'} |" for row in targets]
+        lines.append("")
     if results.get("recurrence"):
         first = results["recurrence"][0]
         peaks = {row["device"]: row.get("peak_matmul_gflops", results["peak_matmul_gflops"]) for row in results["recurrence"]}
@@ -585,8 +647,19 @@ def main(
     only: Optional[str] = typer.Option(None, help="Comma-separated sections: recurrence, denormals, lyapunov, sweep, gpu."),
     devices: Optional[str] = typer.Option(None, help="Comma-separated devices for the training step and the Lyapunov "
                                           "spectrum: cpu, cuda. Default: cpu, and cuda when there is a GPU."),
+    table_of: Optional[Path] = typer.Option(None, "--table-of", exists=True, dir_okay=False,
+                                            help="Measure nothing: print the markdown table of an earlier run's "
+                                                 "JSON file and write it beside it, as a .md file of the same name."),
 ):
     """Run the benchmarks and write benchmark.json and benchmark.md."""
+    if table_of is not None:
+        try:
+            table = markdown(json.loads(table_of.read_text()))
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise typer.BadParameter(f"not a benchmark result written by this script ({error!r})", param_hint="--table-of")
+        table_of.with_suffix(".md").write_text(table)
+        print(table)
+        return
     reuse_freed_memory()
     torch.set_flush_denormal(True)  # as wcrnn.train does, for every model timed here
     sections = set((only or "recurrence,denormals,lyapunov,sweep,gpu").split(","))

@@ -87,6 +87,47 @@ def test_smoke_benchmark_measures_every_section_and_writes_json_and_markdown(tmp
     assert "Trials per GPU" in table
     assert "A trial worker's imports" in table
     assert results["date"] in table
+    assert "**Targets**" not in table  # nothing was measured at the targets' sizes
+
+
+def test_the_table_opens_with_each_target_and_whether_the_run_met_it(tmp_path):
+    """`--table-of` rewrites a saved run's table; its first section reads every target off the
+    rows measured at that target's size. The committed 2026-12-05 Intel Xeon run missed one."""
+    saved = json.loads((ROOT / "benchmarks" / "results" / "benchmark-2026-12-05-xeon.json").read_text())
+
+    def table_of(results: dict) -> str:
+        path = tmp_path / "run.json"
+        path.write_text(json.dumps(results))
+        done = subprocess.run([sys.executable, "benchmarks/run.py", "--table-of", str(path)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+        written = (tmp_path / "run.md").read_text()
+        assert written in done.stdout
+        return written
+
+    table = table_of(saved)
+    targets = table.split("**Targets**", 1)[1].split("\n\n", 2)[1]  # the rows under the heading
+    rows = {line.split(" | ")[0]: line for line in targets.splitlines()[2:]}
+    assert "4 of 5 met in this run" in table
+    step = rows["| WCRNN training step ≤ 1.2× torch.nn.RNN (CPU, N = 128, T = 784, batch 64; homogeneous, "
+                "rotational, heterogeneous)"]
+    ratios = [row["ratio_to_nn_rnn"] for row in saved["recurrence"] if row["model"] == "wcrnn" and row["heads"] == 1
+              and row["hidden_size"] == 128 and row["residual"] in ("homogeneous", "rotational", "heterogeneous")]
+    assert len(ratios) == 3 and f"{min(ratios):.2f}–{max(ratios):.2f}×" in step and step.endswith("| met |")
+    assert "| 0.91–1.01 s | met |" in rows["| Full Lyapunov spectrum (N = 128, T = 784, 32 sequences) under 5 s"]
+    command_line = next(line for label, line in rows.items() if "`wcrnn sweep run`" in label)
+    assert "8.2% (10.1% with 20-s trials)" in command_line and command_line.endswith("| **missed** |")
+    assert next(line for label, line in rows.items() if "MLflow" in label).endswith("| met |")
+
+    slower = json.loads(json.dumps(saved))  # one target residual at 1.3× nn.RNN: that target is missed
+    next(row for row in slower["recurrence"] if row["model"] == "wcrnn" and row["hidden_size"] == 128
+         and row["residual"] == "rotational" and row["heads"] == 1)["ratio_to_nn_rnn"] = 1.3
+    assert "3 of 5 met in this run" in table_of(slower)
+
+    (tmp_path / "junk.json").write_text("[1, 2]")
+    refused = subprocess.run([sys.executable, "benchmarks/run.py", "--table-of", str(tmp_path / "junk.json")],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "--table-of" in refused.stderr and not (tmp_path / "junk.md").exists()
 
 
 def test_sweep_trials_are_sized_by_timing_whole_trials_run_as_the_sweep_runs_them(monkeypatch):
