@@ -75,3 +75,35 @@ def test_environment_credentials_appear_nowhere_a_sweep_writes(tmp_path):
         assert (workdir / "mlartifacts").is_dir() and any(ray_temp.rglob("*.log")), "the scan must have had files to read"
     finally:
         shutil.rmtree(ray_temp, ignore_errors=True)  # the local Ray ended with the command
+
+
+USAGE_REPORT_CHECK = """
+import sys
+from typer.testing import CliRunner
+from wcrnn.cli import app
+
+if sys.argv[1] == "cli":  # any sweep command, then MLflow as the command would import it
+    assert CliRunner().invoke(app, ["sweep", "validate", "sweeps/quickstart.yaml"]).exit_code == 0
+else:  # the library: run_sweep's first MLflow import
+    from wcrnn.sweep.runner import quiet_libraries
+    quiet_libraries()
+from mlflow.telemetry.client import get_telemetry_client
+import os
+print("usage reports:", "off" if get_telemetry_client() is None else "on", os.environ.get("RAY_USAGE_STATS_ENABLED"))
+"""
+
+
+def test_sweeps_send_no_usage_reports_to_mlflows_developers_unless_asked_to():
+    """MLflow 3 starts a client that reports its use to its developers' servers in every process
+    that imports it, outside CI (it looks for pytest's and CI's variables, removed here)."""
+    outside_ci = {key: value for key, value in os.environ.items()
+                  if key not in ("PYTEST_CURRENT_TEST", "CI", "GITHUB_ACTIONS", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK",
+                                 "RAY_USAGE_STATS_ENABLED")}
+    root = Path(__file__).resolve().parents[1]
+    for how in ("cli", "library"):
+        for setting, expected in ((None, "off"), ("false", "on")):
+            env = {**outside_ci, "MLFLOW_DISABLE_TELEMETRY": setting} if setting else outside_ci
+            done = subprocess.run([sys.executable, "-c", USAGE_REPORT_CHECK, how], cwd=root, env=env,
+                                  capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, done.stderr[-2000:]
+            assert f"usage reports: {expected} 0" in done.stdout, (how, setting, done.stdout)  # and Ray's stats off

@@ -12,6 +12,14 @@ from ..console import err, print_json, run_guarded
 
 app = typer.Typer(help="Hyperparameter sweeps: Ray Tune + Optuna search, tracked in MLflow.", no_args_is_help=True)
 
+
+@app.callback()
+def _every_sweep_command() -> None:
+    from .runner import quiet_environment  # before any MLflow import: its usage reports are decided then
+
+    quiet_environment()
+
+
 SPEC_ARG = typer.Argument(..., help="Sweep spec file (YAML or JSON), e.g. sweeps/quickstart.yaml.")
 SET_OPT = typer.Option(None, "--set", help="Override a spec field, e.g. --set budget.num_trials=4 (repeatable).")
 

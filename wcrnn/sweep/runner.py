@@ -126,6 +126,11 @@ def quiet_environment() -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # stdout is for --json
+    # MLflow 3 reports its use to its developers' servers from every process that imports it (read
+    # at the import); a sweep sends nothing anywhere but its own tracking store, as the cluster files
+    # keep Ray's usage stats off (here too). MLFLOW_DISABLE_TELEMETRY=false sends them.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # The tracking writer retries on its own clock (tracking.retry_limit_s). MLflow's default of 7
     # retries with exponential backoff holds one call for minutes and would hide an outage from it.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
@@ -135,10 +140,10 @@ def quiet_environment() -> None:
 
 def quiet_libraries() -> None:
     """Our progress line replaces Tune's tables; keep library chatter out of the terminal."""
+    quiet_environment()
     import mlflow  # noqa: F401  (its import sets its loggers to INFO; lower them after)
     import optuna
 
-    quiet_environment()
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
