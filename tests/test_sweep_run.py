@@ -199,6 +199,48 @@ print("running with logs shown:", ray.is_initialized())
     assert "budget.num_trials: must be at least 1" in done.stderr
 
 
+
+def test_no_garbage_is_collected_while_ray_stops_beside_the_report():
+    # An ObjectRef freed while Ray's core worker stops ends the whole process (exit 1, "The core worker
+    # has already been shutdown"; once in CI, after a sweep had finished). Ray Tune's leftovers sit in
+    # reference cycles, which the collector frees wherever allocations run it: the report's drawing,
+    # beside the shutdown. So it pauses until Ray has stopped, then runs again.
+    script = """
+import gc, ray
+from wcrnn.sweep import runner
+
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+stopping = [False]
+shutdown = ray.shutdown
+
+def timed_shutdown():
+    stopping[0] = True
+    try:
+        shutdown()
+    finally:
+        stopping[0] = False
+
+ray.shutdown = timed_shutdown
+collections = []  # for each collection: whether Ray was stopping then
+gc.callbacks.append(lambda phase, info: phase == "start" and collections.append(stopping[0]))
+runner.stop_ray_in_background()
+drawn = 0
+while runner._ray_stopping.is_alive():
+    figure = [[] for _ in range(1000)]  # what drawing a report allocates
+    drawn += 1
+runner.wait_for_ray_to_stop()
+print("allocated while Ray stopped:", drawn > 10)
+print("collections while Ray stopped:", sum(collections))
+print("collector on, Ray running:", gc.isenabled(), ray.is_initialized())
+figure = [[] for _ in range(100_000)]
+print("collections since:", len(collections) - sum(collections) > 0)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == ["allocated while Ray stopped: True", "collections while Ray stopped: 0",
+                                        "collector on, Ray running: True False", "collections since: True"]
+
 def test_write_ahead_log_creates_no_database_and_leaves_servers_alone(tmp_path):
     from wcrnn.sweep.tracking import use_write_ahead_log
 

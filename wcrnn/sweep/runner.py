@@ -16,6 +16,7 @@ creates the MLflow parent run, and records how to find everything again in
 from __future__ import annotations
 
 import atexit
+import gc
 import json
 import logging
 import os
@@ -262,14 +263,31 @@ _ray_stopping: threading.Thread | None = None
 
 def stop_ray_in_background() -> None:
     """ray.shutdown() in a thread. Most of its 0.3-1 s is waiting for Ray's processes to exit, one
-    after another, with the CPUs idle: a sweep spends it drawing its report instead."""
+    after another, with the CPUs idle: a sweep spends it drawing its report instead.
+
+    While it runs, no Ray object may be freed in another thread: an ObjectRef freed while Ray's core
+    worker stops reaches the stopped worker, and Ray ends the whole process (exit 1, "The core worker
+    has already been shutdown", or a segfault; seen once in CI, after a sweep had finished). Ray Tune
+    leaves its controller (actor handles, pending ObjectRefs) in reference cycles that only the
+    garbage collector frees, wherever it happens to run, so it pauses until Ray has stopped; the
+    caller keeps its own Ray objects until `wait_for_ray_to_stop`."""
     global _ray_stopping
     import ray
 
     wait_for_ray_to_stop()  # an earlier sweep's, in this process
     if ray.is_initialized():
+        collecting = gc.isenabled()
+        gc.disable()
+
+        def shut_down() -> None:
+            try:
+                ray.shutdown()
+            finally:
+                if collecting:  # Ray objects freed from now on find no core worker, and skip it
+                    gc.enable()
+
         # not a daemon: Python's exit waits for it instead of leaving Ray's processes behind
-        _ray_stopping = threading.Thread(target=ray.shutdown, name="wcrnn-ray-shutdown")
+        _ray_stopping = threading.Thread(target=shut_down, name="wcrnn-ray-shutdown")
         _ray_stopping.start()
 
 
@@ -590,27 +608,31 @@ def _fit_and_finish(tuner, spec: SweepSpec, metadata: dict, callback: MLflowTria
         raise
     if stop_ray:  # nothing below uses Ray
         stop_ray_in_background()
-    if callback is not None:
-        callback.close()
-        if callback.tracking_lost or callback.failures:
-            raise callback.lost_error()
-    # After a first Ctrl-C, Tune saves its state and returns normally with trials unfinished. It
-    # counts a trial it stopped there as terminated, but its MLflow run was never ended.
-    unfinished = max(len(results) - results.num_terminated - results.num_errors, len(_open_trial_runs(client, metadata)))
-    missing = spec.budget.num_trials - len(results)
-    if TimeBudget.ran_out:  # the sweep is done: what the stopped trials trained is their result
-        _close_trials_out_of_time(client, metadata)
-    elif unfinished > 0 or missing > 0:
-        _mark_interrupted(client, metadata, callback)
-        raise SweepInterrupted(f"sweep {spec.name} interrupted with {unfinished + missing} trials to go; "
-                               f"continue it with `wcrnn sweep resume {spec.name}`")
-    warm_up.wait()  # begins it if no CPU went idle before the end
-    summary = finish_parent_run(client, spec, metadata, report_dir)
-    trial_seconds = sum(float(result.metrics.get("time_total_s", 0.0)) for result in results)
-    return SweepResult(spec.name, metadata["path"], metadata["tracking_uri"], metadata["experiment_id"],
-                       metadata["parent_run_id"], summary["counts"], summary["best"], summary["report_dir"],
-                       trial_seconds, callback.tracking_seconds if callback is not None else 0.0,
-                       callback.rendering_seconds if callback is not None else 0.0)
+    try:
+        if callback is not None:
+            callback.close()
+            if callback.tracking_lost or callback.failures:
+                raise callback.lost_error()
+        # After a first Ctrl-C, Tune saves its state and returns normally with trials unfinished. It
+        # counts a trial it stopped there as terminated, but its MLflow run was never ended.
+        unfinished = max(len(results) - results.num_terminated - results.num_errors,
+                         len(_open_trial_runs(client, metadata)))
+        missing = spec.budget.num_trials - len(results)
+        if TimeBudget.ran_out:  # the sweep is done: what the stopped trials trained is their result
+            _close_trials_out_of_time(client, metadata)
+        elif unfinished > 0 or missing > 0:
+            _mark_interrupted(client, metadata, callback)
+            raise SweepInterrupted(f"sweep {spec.name} interrupted with {unfinished + missing} trials to go; "
+                                   f"continue it with `wcrnn sweep resume {spec.name}`")
+        warm_up.wait()  # begins it if no CPU went idle before the end
+        summary = finish_parent_run(client, spec, metadata, report_dir)
+        trial_seconds = sum(float(result.metrics.get("time_total_s", 0.0)) for result in results)
+        return SweepResult(spec.name, metadata["path"], metadata["tracking_uri"], metadata["experiment_id"],
+                           metadata["parent_run_id"], summary["counts"], summary["best"], summary["report_dir"],
+                           trial_seconds, callback.tracking_seconds if callback is not None else 0.0,
+                           callback.rendering_seconds if callback is not None else 0.0)
+    finally:
+        wait_for_ray_to_stop()  # the caller then drops the tuner and its results: with Ray stopped
 
 
 def _prepare_report() -> None:
