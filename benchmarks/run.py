@@ -481,7 +481,7 @@ OVERHEAD_TARGET = 0.10  # share of a sweep's wall time (8 trials of about 20 s, 
 MLFLOW_TARGET = 0.01  # MLflow calls' share of trial time
 # The build machine the targets were set on, as the issue measured it (N = 128, T = 784, batch 64):
 TARGETS_MACHINE_NN_RNN_SECONDS = 0.16  # torch.nn.RNN's training step: its arithmetic speed
-TARGETS_MACHINE_PLAIN_LOOP_SECONDS = 2.3  # the WCRNN's plain autograd loop: its Python speed
+TARGETS_MACHINE_PLAIN_LOOP_SECONDS = 2.3  # the WCRNN's plain autograd loop: its speed at small operations one at a time
 
 
 def target_rows(results: dict) -> list[dict]:
