@@ -199,7 +199,6 @@ print("running with logs shown:", ray.is_initialized())
     assert "budget.num_trials: must be at least 1" in done.stderr
 
 
-
 def test_no_garbage_is_collected_while_ray_stops_beside_the_report():
     # An ObjectRef freed while Ray's core worker stops ends the whole process (exit 1, "The core worker
     # has already been shutdown"; once in CI, after a sweep had finished). Ray Tune's leftovers sit in
@@ -240,6 +239,7 @@ print("collections since:", len(collections) - sum(collections) > 0)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.splitlines() == ["allocated while Ray stopped: True", "collections while Ray stopped: 0",
                                         "collector on, Ray running: True False", "collections since: True"]
+
 
 def test_write_ahead_log_creates_no_database_and_leaves_servers_alone(tmp_path):
     from wcrnn.sweep.tracking import use_write_ahead_log
