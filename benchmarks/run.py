@@ -46,6 +46,7 @@ import logging
 import math
 import os
 import platform
+import resource
 import shutil
 import signal
 import socket
@@ -429,7 +430,7 @@ def sweep_rows(spec_fields: dict, repeats: int, command_line_repeats: int,
 def overhead_with_trials_of(row: dict, trial_seconds: float) -> float:
     """The row's overhead if its trials had taken `trial_seconds` each and its fixed seconds (wall
     time beyond the trials' packed time: start-up, finish, idle workers) had stayed the same."""
-    fixed = row["wall_seconds"] - row["trial_seconds_total"] / row["concurrency"]
+    fixed = fixed_seconds(row)
     return fixed / (fixed + trial_seconds * row["trials"] / row["concurrency"])
 
 
@@ -442,6 +443,96 @@ def worker_import_seconds(repeats: int) -> float:
     probe = f"import time; t = time.perf_counter(); import {', '.join(TRIAL_MODULES)}; print(time.perf_counter() - t)"
     return statistics.median_high(float(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                                                        check=True, timeout=300).stdout) for _ in range(repeats))
+
+
+# What `wcrnn sweep run` imports and opens before its first trial (wcrnn/sweep/runner.py): the CLI,
+# Ray, MLflow with its SQL store (a tracking database that exists), Ray Tune, Optuna's searcher.
+DRIVER_START_PROBE = """
+import sys
+import wcrnn.cli, ray
+from wcrnn.sweep import runner
+runner.quiet_libraries()
+runner.adjust_trial_runtime_environment()
+runner._prepare_tracking_store(sys.argv[1])
+from ray import tune
+from ray.tune.search.optuna import OptunaSearch
+from wcrnn.sweep import tracking, trainable
+"""
+
+# Ray started as a sweep starts it; once its prestarted workers have imported the trial modules and
+# gone idle, the CPU each of its processes used, by kind.
+RAY_START_PROBE = """
+import json, time
+import psutil
+from wcrnn.sweep.runner import init_ray
+init_ray(None)
+import ray
+
+def cpu_by_kind():
+    cpu = {"trial_worker": [], "agent": [], "daemon": []}
+    for process in psutil.Process().children(recursive=True):
+        try:
+            command, times = process.cmdline(), process.cpu_times()
+        except psutil.Error:
+            continue
+        program = command[0].rsplit("/", 1)[-1] if command else ""
+        kind = ("daemon" if program in ("gcs_server", "raylet") else "agent" if "Agent" in program
+                else "trial_worker")  # ray::IDLE once it has started, before that python ... default_worker.py
+        cpu[kind].append(times.user + times.system)
+    return cpu
+
+expected, last, settled_since, deadline = int(ray.cluster_resources()["CPU"]), None, time.monotonic(), time.monotonic() + 300
+while time.monotonic() < deadline:
+    cpu = cpu_by_kind()
+    total = round(sum(cpu["trial_worker"]), 2)
+    if len(cpu["trial_worker"]) < expected or total != last:
+        last, settled_since = total, time.monotonic()
+    elif time.monotonic() - settled_since > 1.0:
+        break
+    time.sleep(0.25)
+print(json.dumps(cpu))
+ray.shutdown()
+"""
+
+
+def startup_cpu(repeats: int) -> dict:
+    """The CPU each process of a sweep's start-up spends before a first trial can run, measured on the
+    otherwise idle machine (medians of `repeats`): the driver's imports (what `wcrnn sweep run`
+    imports before its first trial; a driver that has them imported already, as the benchmark's
+    process after its first sweep, skips them), and in a Ray started as a sweep starts it, each
+    prestarted trial worker (Ray Tune, PyTorch and the trainable, imported beside one another), Ray's
+    two agents, and its GCS and raylet. Spread perfectly over the cores, that CPU is a floor under the
+    start-up that no order of the work can beat; the sweep's fixed seconds are compared with it."""
+    environment = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+
+    def driver_seconds() -> float:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run([sys.executable, "-c", DRIVER_START_PROBE, tracking_uri], check=True, timeout=300,
+                       env=environment, capture_output=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+    def ray_processes() -> dict:
+        output = subprocess.run([sys.executable, "-c", RAY_START_PROBE], check=True, timeout=400, env=environment,
+                                capture_output=True, text=True).stdout
+        return json.loads(output.strip().splitlines()[-1])
+
+    from mlflow import MlflowClient
+
+    with tempfile.TemporaryDirectory(prefix="wcrnn-bench-") as folder:
+        tracking_uri = f"sqlite:///{folder}/mlflow.db"
+        MlflowClient(tracking_uri).search_experiments()  # it exists, as in the sweeps measured
+        drivers = [driver_seconds() for _ in range(repeats)]
+    rays = [ray_processes() for _ in range(repeats)]
+    cores = os.cpu_count() or 1
+    result = {"driver_imports": statistics.median_high(drivers),
+              "trial_worker": statistics.median_high(cpu for ray in rays for cpu in ray["trial_worker"]),
+              "trial_workers": statistics.median_high(len(ray["trial_worker"]) for ray in rays),
+              "agents": statistics.median_high(sum(ray["agent"]) for ray in rays),
+              "daemons": statistics.median_high(sum(ray["daemon"]) for ray in rays), "cores": cores}
+    ray_start = result["trial_worker"] * result["trial_workers"] + result["agents"] + result["daemons"]
+    result["floor_seconds"] = {"in_process": ray_start / cores, "command_line": (ray_start + result["driver_imports"]) / cores}
+    return result
 
 
 def gpu_packing_rows(spec_fields: dict, shares: tuple[int, ...], gpus: int, logical: bool = False) -> list[dict]:
@@ -542,6 +633,34 @@ def comparison_with_targets_machine(results: dict) -> str:
             "one at a time (Python and PyTorch's dispatch).")
 
 
+def fixed_seconds(row: dict) -> float:
+    """A sweep's wall time beyond its trials' time packed perfectly on its workers: start-up, finish
+    (the report), idle workers (the last trial alone)."""
+    return row["wall_seconds"] - row["trial_seconds_total"] / row["concurrency"]
+
+
+def startup_floor_under_target(results: dict) -> str:
+    """The fixed seconds the sweep target leaves, against the part of them this machine's CPUs need
+    only to start the sweep's processes. Empty where the run did not measure both."""
+    floor, sweeps = results.get("startup_cpu"), [row for row in results.get("sweep", []) if row.get("target_trial_seconds")]
+    if not floor or not sweeps:
+        return ""
+    concurrency, trials = sweeps[0]["concurrency"], sweeps[0]["trials"]
+    packed = trials * sweeps[0]["target_trial_seconds"] / concurrency
+    allowed = packed * OVERHEAD_TARGET / (1 - OVERHEAD_TARGET)
+
+    def median_fixed(kind: str) -> str:
+        rows = [fixed_seconds(row) for row in sweeps if row["ray"] == kind]
+        return f"{statistics.median_high(rows):.1f} s" if rows else "not measured"
+
+    return (f"With {trials} trials of {sweeps[0]['target_trial_seconds']:g} s, {concurrency} at a time, the sweep "
+            f"target leaves {allowed:.1f} s of fixed seconds (wall time beyond the trials' packed time). Only "
+            f"to start the sweep's processes (their imports, Ray's start), this machine's {floor['cores']} cores "
+            f"need at least {floor['floor_seconds']['in_process']:.1f} s in the benchmark's process and "
+            f"{floor['floor_seconds']['command_line']:.1f} s for `wcrnn sweep run` (the start-up's CPU, below); "
+            f"the fixed seconds measured: {median_fixed(EMBEDDED)} and {median_fixed(COMMAND_LINE)} (medians).")
+
+
 def markdown(results: dict) -> str:
     info = results["machine"]
     lines = [f"Measured {results['date']} on {info['cpu']}, {info['cores']} cores, torch {info['torch']} "
@@ -554,9 +673,9 @@ def markdown(results: dict) -> str:
                   "", "| target | measured | |", "|---|---|---|"]
         lines += [f"| {row['target']} | {row['measured']} | {'met' if row['met'] else '**missed**'} |" for row in targets]
         lines.append("")
-        comparison = comparison_with_targets_machine(results)
-        if comparison:
-            lines += [comparison, ""]
+        for line in (comparison_with_targets_machine(results), startup_floor_under_target(results)):
+            if line:
+                lines += [line, ""]
     if results.get("recurrence"):
         first = results["recurrence"][0]
         peaks = {row["device"]: row.get("peak_matmul_gflops", results["peak_matmul_gflops"]) for row in results["recurrence"]}
@@ -637,6 +756,16 @@ def markdown(results: dict) -> str:
             lines += ["", f"A trial worker's imports (Ray Tune, PyTorch, the trainable), timed alone in a fresh process on "
                           f"the idle machine: {results['worker_import_seconds']:.1f} s. Each of the first workers pays them "
                           "before its first trial, beside Ray's own start on the same cores: the floor under the start-up."]
+        if results.get("startup_cpu"):
+            cpu = results["startup_cpu"]
+            lines += ["", f"The start-up's CPU, process by process, on the idle machine: each of the {cpu['trial_workers']} "
+                          f"trial workers Ray prestarts {cpu['trial_worker']:.1f} s (Ray Tune, PyTorch and the trainable, "
+                          f"imported beside one another), Ray's two agents {cpu['agents']:.1f} s, its GCS and raylet "
+                          f"{cpu['daemons']:.1f} s, and for `wcrnn sweep run` the driver's imports {cpu['driver_imports']:.1f} s "
+                          "(Ray, MLflow and its SQL store, Ray Tune, Optuna; the benchmark's process has them after its "
+                          f"first sweep). Spread perfectly over the {cpu['cores']} cores: at least "
+                          f"{cpu['floor_seconds']['in_process']:.1f} s and {cpu['floor_seconds']['command_line']:.1f} s "
+                          "before the first trials can train, whatever order the work is done in."]
         lines.append("")
     if results.get("gpu_packing"):
         rows = results["gpu_packing"]
@@ -718,6 +847,7 @@ def main(
         fields = (sweep_spec(2, 1, 256, 20, 8) if smoke else
                   sweep_spec(8, 4, calibrated_num_train(trial_seconds, 4, 200, 64, concurrency=2), 200, 64))
         results["worker_import_seconds"] = worker_import_seconds(1 if smoke else 3)
+        results["startup_cpu"] = startup_cpu(1 if smoke else 3)
         results["sweep"] = sweep_rows(fields, repeats=1 if smoke else 5, command_line_repeats=1 if smoke else 2,
                                       target_trial_seconds=None if smoke else trial_seconds)
     gpus = torch.cuda.device_count()

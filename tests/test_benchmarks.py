@@ -66,6 +66,14 @@ def test_smoke_benchmark_measures_every_section_and_writes_json_and_markdown(tmp
     assert 1 <= results["sweep"][2]["most_trials_at_once"] <= results["sweep"][2]["concurrency"]
     # the start-up's floor: one worker's imports, timed alone in a fresh process
     assert 0 < results["worker_import_seconds"] < results["sweep"][0]["wall_seconds"]
+    # and the CPU of each process a sweep starts: Ray prestarts a trial worker per core, each of which
+    # imports PyTorch (more than a second of CPU anywhere); the driver's imports come on top for the CLI
+    cpu = results["startup_cpu"]
+    assert cpu["cores"] == results["machine"]["cores"] and cpu["trial_workers"] == cpu["cores"]
+    assert cpu["trial_worker"] > 0.5 and cpu["driver_imports"] > 0.5 and cpu["agents"] > 0 and cpu["daemons"] > 0
+    ray_start = cpu["trial_worker"] * cpu["trial_workers"] + cpu["agents"] + cpu["daemons"]
+    assert math.isclose(cpu["floor_seconds"]["in_process"], ray_start / cpu["cores"])
+    assert math.isclose(cpu["floor_seconds"]["command_line"], (ray_start + cpu["driver_imports"]) / cpu["cores"])
 
     # trials per GPU: each trial asks for 1/k of a GPU (a logical one where there is none) and Ray
     # runs k at a time on every GPU
@@ -86,6 +94,7 @@ def test_smoke_benchmark_measures_every_section_and_writes_json_and_markdown(tmp
     assert "`wcrnn sweep run`, launch to exit, median overhead of 1 runs" in table
     assert "Trials per GPU" in table
     assert "A trial worker's imports" in table
+    assert f"for `wcrnn sweep run` the driver's imports {cpu['driver_imports']:.1f} s" in table
     assert results["date"] in table
     assert "**Targets**" not in table  # nothing was measured at the targets' sizes
 
@@ -120,6 +129,20 @@ def test_the_table_opens_with_each_target_and_whether_the_run_met_it(tmp_path):
     assert next(line for label, line in rows.items() if "MLflow" in label).endswith("| met |")
     # under the targets: the run's machine against the targets', in the two speeds the issue gave for it
     assert "took 0.16 s and the WCRNN's plain autograd loop 2.3 s; on this one: 0.068 s and 1.31 s" in table
+
+    assert "target leaves" not in table  # this run did not measure the start-up's CPU
+
+    # with it: the fixed seconds the sweep target leaves (8 trials of 20 s, 2 at a time: 80 s packed,
+    # 10% of the wall is 80/9 s) against the start-up's floor and the fixed seconds measured
+    with_floor = json.loads(json.dumps(saved))
+    with_floor["startup_cpu"] = {"driver_imports": 3.2, "trial_worker": 2.3, "trial_workers": 2, "agents": 1.1,
+                                 "daemons": 0.1, "cores": 2, "floor_seconds": {"in_process": 2.96, "command_line": 4.56}}
+    embedded = sorted(row["wall_seconds"] - row["trial_seconds_total"] / 2 for row in saved["sweep"]
+                      if row["ray"].startswith("embedded (started"))
+    floor_line = next(line for line in table_of(with_floor).splitlines() if "target leaves" in line)
+    assert "the sweep target leaves 8.9 s of fixed seconds" in floor_line
+    assert "at least 3.0 s in the benchmark's process and 4.6 s for `wcrnn sweep run`" in floor_line
+    assert f"the fixed seconds measured: {embedded[len(embedded) // 2]:.1f} s and" in floor_line
 
     slower = json.loads(json.dumps(saved))  # one target residual at 1.3× nn.RNN: that target is missed
     next(row for row in slower["recurrence"] if row["model"] == "wcrnn" and row["hidden_size"] == 128
