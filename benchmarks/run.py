@@ -20,7 +20,10 @@ What is measured (each against a baseline measured in the same run, on the same 
    sweep as people run it: its imports, Ray's shutdown and the exit count too), and once
    against a local Ray head kept running between sweeps (`ray start --head`). Each row also gives the
    overhead with trials of exactly 20 s (the trials run longer or shorter in the sweeps than
-   when they were sized), and one trial worker's imports are timed alone: the start-up's floor.
+   when they were sized), and one trial worker's imports are timed alone. The CPU each process of
+   the start-up needs (the driver's imports, each trial worker Ray prestarts, Ray's agents and
+   daemons) is measured too: spread over the cores, a floor under the start-up, which the table
+   sets against the fixed seconds the sweep target leaves.
 4. On a GPU, when there is one: the training step against cuDNN's nn.RNN, and trials per GPU
    with fractional resources: the same trials asking for 1, 1/2 and 1/4 of a GPU each, so that
    Ray runs 1, 2 or 4 at a time on every GPU; their throughput against one trial per GPU.
