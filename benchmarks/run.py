@@ -312,6 +312,12 @@ def sweep_row(spec_fields: dict, address: str | None = None, logical_gpus: int |
 COMMAND_LINE = "embedded, `wcrnn sweep run`: a new process, from its launch to its exit"
 
 
+def environment_without_sweep_targets() -> dict:
+    """This process's environment for a child process, less the variables that would point its sweep
+    at another tracking server or Ray cluster than the embedded defaults measured here."""
+    return {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+
+
 def command_line_sweep_row(spec_fields: dict) -> dict:
     """The sweep as people run it: `wcrnn sweep run` in a new process, timed from its launch until it
     has exited, so that its imports, Ray's shutdown and the interpreter's exit count too (the other
@@ -330,7 +336,7 @@ def command_line_sweep_row(spec_fields: dict) -> dict:
         spec_file.write_text(yaml.safe_dump(spec_fields))
         command = [str(Path(sys.executable).with_name("wcrnn")), "sweep", "run", str(spec_file), "--json",
                    "--tracking-uri", uri, "--storage", f"{folder}/runs", "--report-dir", f"{folder}/report"]
-        environment = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+        environment = environment_without_sweep_targets()
         # files, not pipes: Ray's processes inherit the command's output and can hold a pipe open after it exits
         with output.with_suffix(".json").open("w") as stdout, output.with_suffix(".log").open("w") as stderr:
             started_at = time.time()
@@ -506,7 +512,7 @@ def startup_cpu(repeats: int) -> dict:
     prestarted trial worker (Ray Tune, PyTorch and the trainable, imported beside one another), Ray's
     two agents, and its GCS and raylet. Spread perfectly over the cores, that CPU is a floor under the
     start-up that no order of the work can beat; the sweep's fixed seconds are compared with it."""
-    environment = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    environment = environment_without_sweep_targets()
 
     def driver_seconds() -> float:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
